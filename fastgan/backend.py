@@ -1,0 +1,224 @@
+"""The four backends, whether each can run here (and why not), and how an op picks one.
+
+Resolution order: the explicit ``backend=`` argument > ``with fastgan.use_backend(name):`` >
+the ``FASTGAN_BACKEND`` environment variable > ``"auto"``. Auto picks, for a CUDA tensor, the
+fastest runnable fused backend of that op (``AUTO_CUDA_ORDER``) and, for a CPU tensor, ``cpu`` when
+the compiled extension is built; otherwise ``reference``. Triton runs on CPU tensors only through
+its interpreter (``TRITON_INTERPRET=1``) and only when asked for by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import importlib
+import logging
+import os
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
+from types import ModuleType
+
+import torch
+
+__all__ = [
+    "BACKENDS",
+    "BackendStatus",
+    "BackendUnavailableError",
+    "backends",
+    "extension",
+    "resolve",
+    "runnable",
+    "triton_importable",
+    "use_backend",
+]
+
+BACKENDS = ("reference", "triton", "cuda", "cpu")
+_CHOICES = (*BACKENDS, "auto")
+
+# Fused backend preference on CUDA tensors, per op. Set from the committed GPU benchmark results
+# (benchmarks/results/); an op missing here prefers cuda, then triton.
+AUTO_CUDA_ORDER: dict[str, tuple[str, ...]] = {}
+_DEFAULT_CUDA_ORDER = ("cuda", "triton")
+
+_log = logging.getLogger("fastgan")
+_override: contextvars.ContextVar[str | None] = contextvars.ContextVar("fastgan_backend", default=None)
+
+
+class BackendUnavailableError(RuntimeError):
+    """An explicitly requested backend cannot run the call; the message says why."""
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    name: str
+    available: bool
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.name}: {'available' if self.available else 'unavailable'} ({self.reason})"
+
+
+@functools.cache
+def _load_extension() -> tuple[ModuleType | None, str]:
+    if os.environ.get("FASTGAN_DISABLE_EXT") == "1":
+        return None, "disabled by FASTGAN_DISABLE_EXT=1"
+    try:
+        module = importlib.import_module("fastgan._C")
+    except ImportError as err:
+        return None, f"compiled extension fastgan._C not importable ({err})"
+    except OSError as err:  # e.g. built against another torch: undefined symbols
+        return None, f"compiled extension fastgan._C failed to load ({err})"
+    # torch's C++ ABI holds within a minor release, not across them.
+    built_for = getattr(module, "torch_version", "")
+    running = torch.__version__.split("+")[0]
+    if built_for and built_for.split(".")[:2] != running.split(".")[:2]:
+        return None, f"fastgan._C was built for torch {built_for}, but torch {running} is running"
+    return module, "built"
+
+
+def extension() -> ModuleType | None:
+    """The loaded fastgan._C module (its import registers torch.ops.fastgan.*), or None."""
+    return _load_extension()[0]
+
+
+@functools.cache
+def _triton_status() -> tuple[bool, str]:
+    try:
+        import triton
+    except Exception as err:  # triton is optional; a broken install must not break fastgan
+        return False, f"triton not importable ({type(err).__name__}: {err})"
+    if not hasattr(torch.library, "triton_op"):
+        return False, f"torch {torch.__version__} lacks torch.library.triton_op (needs torch >= 2.6)"
+    return True, f"triton {triton.__version__}"
+
+
+def triton_importable() -> bool:
+    """Whether triton (and torch.library.triton_op) can be imported, whatever the device."""
+    return _triton_status()[0]
+
+
+def _interpreter_on() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def backends() -> dict[str, BackendStatus]:
+    """Each backend's availability on this machine, with the reason."""
+    ext, ext_reason = _load_extension()
+    triton_ok, triton_reason = _triton_status()
+    cuda_device = torch.cuda.is_available()
+
+    if not triton_ok:
+        triton = BackendStatus("triton", False, triton_reason)
+    elif cuda_device:
+        triton = BackendStatus("triton", True, f"{triton_reason} on CUDA")
+    elif _interpreter_on():
+        triton = BackendStatus("triton", True, f"{triton_reason}, interpreter on CPU tensors")
+    else:
+        triton = BackendStatus(
+            "triton", False, f"{triton_reason} but no CUDA device (TRITON_INTERPRET=1 runs it on CPU)"
+        )
+
+    if ext is None:
+        cuda = BackendStatus("cuda", False, ext_reason)
+    elif not getattr(ext, "with_cuda", 0):
+        cuda = BackendStatus("cuda", False, "fastgan._C was built without CUDA kernels")
+    elif not cuda_device:
+        cuda = BackendStatus("cuda", False, "no CUDA device")
+    else:
+        cuda = BackendStatus("cuda", True, f"built for sm {ext.cuda_arch_list}")
+
+    cpu = BackendStatus("cpu", ext is not None, "built" if ext is not None else ext_reason)
+    reference = BackendStatus("reference", True, "pure PyTorch")
+    return {s.name: s for s in (reference, triton, cuda, cpu)}
+
+
+def runnable(name: str, device: torch.device, dtype: torch.dtype | None = None,
+             dtypes: Collection[torch.dtype] | None = None) -> tuple[bool, str]:
+    """Whether backend ``name`` can run on tensors of ``device`` (and ``dtype`` within ``dtypes``)."""
+    if name not in BACKENDS:
+        raise ValueError(f"fastgan: backend must be one of {_CHOICES}, got {name!r}")
+    if name == "reference":
+        return True, "pure PyTorch"
+    status = backends()[name]
+    if not status.available:
+        return False, status.reason
+    device = torch.device(device)
+    if name == "cpu" and device.type != "cpu":
+        return False, f"the cpu backend runs CPU tensors, got a tensor on {device}"
+    if name == "cuda" and device.type != "cuda":
+        return False, f"the cuda backend runs CUDA tensors, got a tensor on {device}"
+    if name == "triton":
+        if device.type == "cpu" and not _interpreter_on():
+            return False, "triton runs CPU tensors only under TRITON_INTERPRET=1"
+        if device.type not in ("cpu", "cuda"):
+            return False, f"triton runs CUDA tensors, got a tensor on {device}"
+    if dtype is not None and dtypes is not None and dtype not in dtypes:
+        names = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+        return False, f"dtype {str(dtype).removeprefix('torch.')} unsupported (supports {names})"
+    return True, status.reason
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Run the ops inside the block on backend ``name`` ("auto" restores automatic choice)."""
+    if name not in _CHOICES:
+        raise ValueError(f"fastgan.use_backend: name must be one of {_CHOICES}, got {name!r}")
+    token = _override.set(name)
+    try:
+        yield
+    finally:
+        _override.reset(token)
+
+
+def _requested(backend: str | None) -> str:
+    if backend is not None:
+        if backend not in _CHOICES:
+            raise ValueError(f"fastgan: backend must be one of {_CHOICES} or None, got {backend!r}")
+        return backend
+    override = _override.get()
+    if override is not None:
+        return override
+    env = os.environ.get("FASTGAN_BACKEND", "").strip()
+    if env:
+        if env not in _CHOICES:
+            raise ValueError(f"fastgan: FASTGAN_BACKEND must be one of {_CHOICES}, got {env!r}")
+        return env
+    return "auto"
+
+
+@functools.cache
+def _log_fallback_once(op: str, device: str, dtype: str, reason: str) -> None:
+    _log.debug("fastgan: %s on %s %s uses the reference backend (%s)", op, device, dtype, reason)
+
+
+def resolve(op: str, x: torch.Tensor, backend: str | None = None,
+            dtypes: dict[str, Collection[torch.dtype]] | None = None) -> str:
+    """The backend that runs ``op`` on ``x``; raises BackendUnavailableError for a named one that can't.
+
+    ``dtypes`` maps a fused backend to the dtypes this op supports on it (absent: no restriction).
+    """
+    dtypes = dtypes or {}
+    name = _requested(backend)
+    if name != "auto":
+        ok, reason = runnable(name, x.device, x.dtype, dtypes.get(name))
+        if not ok:
+            raise BackendUnavailableError(
+                f"fastgan.{op}: backend {name!r} cannot run on this input "
+                f"({x.device.type} {str(x.dtype).removeprefix('torch.')}): {reason}"
+            )
+        return name
+    if x.device.type == "cuda":
+        candidates = AUTO_CUDA_ORDER.get(op, _DEFAULT_CUDA_ORDER)
+    elif x.device.type == "cpu":
+        candidates = ("cpu",)
+    else:
+        candidates = ()
+    reasons = []
+    for candidate in candidates:
+        ok, reason = runnable(candidate, x.device, x.dtype, dtypes.get(candidate))
+        if ok:
+            return candidate
+        reasons.append(f"{candidate}: {reason}")
+    _log_fallback_once(op, x.device.type, str(x.dtype), "; ".join(reasons) or "no fused backend")
+    return "reference"

@@ -1,0 +1,106 @@
+"""``fastgan check``: every runnable backend of every op against the reference, on this device.
+
+Each op contributes sample inputs here (one entry in ``CHECKS``); the check runs forward and
+backward on fresh random inputs and compares outputs and input gradients with the reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from . import backend as _backend
+from .ops import pixel_shuffle_act
+from .ops.pixel_shuffle import DTYPES as _PIXEL_SHUFFLE_DTYPES
+
+
+@dataclass
+class Sample:
+    label: str
+    args: tuple
+    kwargs: dict
+
+
+@dataclass
+class OpCheck:
+    fn: Callable[..., torch.Tensor]  # takes backend=
+    samples: Callable[[torch.device, torch.dtype], Iterator[Sample]]
+    dtypes: dict
+
+
+@dataclass
+class CheckResult:
+    op: str
+    backend: str
+    dtype: torch.dtype
+    sample: str
+    max_error: float
+    tolerance: float
+    passed: bool
+    error: str = ""
+
+
+def _pixel_shuffle_samples(device: torch.device, dtype: torch.dtype) -> Iterator[Sample]:
+    def t(*shape):
+        return torch.randn(*shape, device=device, dtype=dtype)
+
+    yield Sample("r=2 prelu[C] bias", (t(2, 16, 7, 9), 2), dict(bias=t(16), activation="prelu",
+                                                                 prelu_weight=t(4)))
+    yield Sample("r=3 leaky_relu channels_last", (t(1, 18, 5, 4).to(memory_format=torch.channels_last), 3),
+                 dict(bias=t(18), activation="leaky_relu", negative_slope=0.1))
+    yield Sample("r=4 tanh", (t(2, 32, 3, 3), 4), dict(activation="tanh"))
+    yield Sample("r=2 relu", (t(3, 8, 6, 5), 2), dict(bias=t(8), activation="relu"))
+
+
+CHECKS: dict[str, OpCheck] = {
+    "pixel_shuffle_act": OpCheck(pixel_shuffle_act, _pixel_shuffle_samples, _PIXEL_SHUFFLE_DTYPES),
+}
+
+# Absolute tolerance relative to the output's scale; low precision is compared with a float64
+# reference by the error-ratio rule in the tests, here a looser bound suffices for a smoke check.
+_TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-2, torch.bfloat16: 1e-1}
+
+
+def _run(check: OpCheck, sample: Sample, backend: str) -> list[torch.Tensor]:
+    args = [a.detach().clone().requires_grad_(True) if isinstance(a, torch.Tensor) else a
+            for a in sample.args]
+    kwargs = {k: v.detach().clone().requires_grad_(True) if isinstance(v, torch.Tensor) else v
+              for k, v in sample.kwargs.items()}
+    out = check.fn(*args, **kwargs, backend=backend)
+    # The same upstream gradient for every backend: a fixed seed per sample.
+    gen = torch.Generator(device=out.device).manual_seed(1234)
+    grad_out = torch.randn(out.shape, generator=gen, device=out.device, dtype=out.dtype)
+    inputs = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+    grads = torch.autograd.grad(out, inputs, grad_out)
+    return [out.detach(), *grads]
+
+
+def run_checks(device: torch.device, dtypes: list[torch.dtype] | None = None,
+               ops: list[str] | None = None) -> list[CheckResult]:
+    """Compares each runnable fused backend with the reference on ``device``."""
+    results = []
+    for op, check in CHECKS.items():
+        if ops and op not in ops:
+            continue
+        for dtype in dtypes or [torch.float32]:
+            for sample in check.samples(device, dtype):
+                expected = _run(check, sample, "reference")
+                for name in _backend.BACKENDS[1:]:
+                    ok, _ = _backend.runnable(name, device, dtype, check.dtypes.get(name))
+                    if not ok:
+                        continue
+                    tol = _TOLERANCE[dtype]
+                    try:
+                        got = _run(check, sample, name)
+                        err = max(
+                            ((g.double() - e.double()).abs().max() / e.double().abs().max().clamp_min(1)).item()
+                            if e.numel() else 0.0
+                            for g, e in zip(got, expected)
+                        )
+                        results.append(CheckResult(op, name, dtype, sample.label, err, tol, err <= tol))
+                    except Exception as exc:  # a check reports failures, it does not stop at them
+                        results.append(CheckResult(op, name, dtype, sample.label, float("nan"), tol,
+                                                   False, f"{type(exc).__name__}: {exc}"))
+    return results
