@@ -10,11 +10,10 @@ its interpreter (``TRITON_INTERPRET=1``) and only when asked for by name.
 from __future__ import annotations
 
 import contextlib
-import contextvars
-import functools
 import importlib
 import logging
 import os
+import threading
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from types import ModuleType
@@ -42,7 +41,9 @@ AUTO_CUDA_ORDER: dict[str, tuple[str, ...]] = {}
 _DEFAULT_CUDA_ORDER = ("cuda", "triton")
 
 _log = logging.getLogger("fastgan")
-_override: contextvars.ContextVar[str | None] = contextvars.ContextVar("fastgan_backend", default=None)
+# use_backend's stack, per thread. (A ContextVar would suit asyncio too, but torch.compile cannot
+# trace ContextVar.get, and resolve() runs inside compiled code.)
+_local = threading.local()
 
 
 class BackendUnavailableError(RuntimeError):
@@ -59,7 +60,6 @@ class BackendStatus:
         return f"{self.name}: {'available' if self.available else 'unavailable'} ({self.reason})"
 
 
-@functools.cache
 def _load_extension() -> tuple[ModuleType | None, str]:
     if os.environ.get("FASTGAN_DISABLE_EXT") == "1":
         return None, "disabled by FASTGAN_DISABLE_EXT=1"
@@ -77,12 +77,6 @@ def _load_extension() -> tuple[ModuleType | None, str]:
     return module, "built"
 
 
-def extension() -> ModuleType | None:
-    """The loaded fastgan._C module (its import registers torch.ops.fastgan.*), or None."""
-    return _load_extension()[0]
-
-
-@functools.cache
 def _triton_status() -> tuple[bool, str]:
     try:
         import triton
@@ -93,9 +87,19 @@ def _triton_status() -> tuple[bool, str]:
     return True, f"triton {triton.__version__}"
 
 
+# Probed once at import, so that resolve() is plain lookups that torch.compile traces through.
+_EXTENSION, _EXTENSION_REASON = _load_extension()
+_TRITON_OK, _TRITON_REASON = _triton_status()
+
+
+def extension() -> ModuleType | None:
+    """The loaded fastgan._C module (its import registers torch.ops.fastgan.*), or None."""
+    return _EXTENSION
+
+
 def triton_importable() -> bool:
     """Whether triton (and torch.library.triton_op) can be imported, whatever the device."""
-    return _triton_status()[0]
+    return _TRITON_OK
 
 
 def _interpreter_on() -> bool:
@@ -104,8 +108,8 @@ def _interpreter_on() -> bool:
 
 def backends() -> dict[str, BackendStatus]:
     """Each backend's availability on this machine, with the reason."""
-    ext, ext_reason = _load_extension()
-    triton_ok, triton_reason = _triton_status()
+    ext, ext_reason = _EXTENSION, _EXTENSION_REASON
+    triton_ok, triton_reason = _TRITON_OK, _TRITON_REASON
     cuda_device = torch.cuda.is_available()
 
     if not triton_ok:
@@ -164,11 +168,12 @@ def use_backend(name: str) -> Iterator[None]:
     """Run the ops inside the block on backend ``name`` ("auto" restores automatic choice)."""
     if name not in _CHOICES:
         raise ValueError(f"fastgan.use_backend: name must be one of {_CHOICES}, got {name!r}")
-    token = _override.set(name)
+    stack = _local.__dict__.setdefault("stack", [])
+    stack.append(name)
     try:
         yield
     finally:
-        _override.reset(token)
+        stack.pop()
 
 
 def _requested(backend: str | None) -> str:
@@ -176,9 +181,9 @@ def _requested(backend: str | None) -> str:
         if backend not in _CHOICES:
             raise ValueError(f"fastgan: backend must be one of {_CHOICES} or None, got {backend!r}")
         return backend
-    override = _override.get()
-    if override is not None:
-        return override
+    stack = getattr(_local, "stack", None)
+    if stack:
+        return stack[-1]
     env = os.environ.get("FASTGAN_BACKEND", "").strip()
     if env:
         if env not in _CHOICES:
@@ -187,8 +192,13 @@ def _requested(backend: str | None) -> str:
     return "auto"
 
 
-@functools.cache
+_logged_fallbacks: set[tuple[str, str, str]] = set()
+
+
 def _log_fallback_once(op: str, device: str, dtype: str, reason: str) -> None:
+    if torch.compiler.is_compiling() or (op, device, dtype) in _logged_fallbacks:
+        return
+    _logged_fallbacks.add((op, device, dtype))
     _log.debug("fastgan: %s on %s %s uses the reference backend (%s)", op, device, dtype, reason)
 
 
