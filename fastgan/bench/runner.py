@@ -74,7 +74,8 @@ class Progress:
             print(f"note: tqdm not installed, no progress bar ({EXTRA_HINT})", file=sys.stderr)
             self.bar = None
         else:
-            self.bar = tqdm(total=total, unit="run", dynamic_ncols=True, file=sys.stderr)
+            self.bar = tqdm(total=total, unit="run", dynamic_ncols=True, file=sys.stderr,
+                            disable=None)  # None: no bar when stderr is not a terminal (CI logs)
 
     def start(self, label: str) -> None:
         if self.bar is not None:

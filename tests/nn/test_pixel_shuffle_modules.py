@@ -34,8 +34,9 @@ def test_pixel_shuffle_act_is_a_drop_in(activation, backend):
     assert list(fused.state_dict()) == list(plain.state_dict())
     fused.load_state_dict(plain.state_dict())
     x = torch.randn(2, 12, 5, 3)
+    # Wiring, not kernel precision (tests/ops covers that): fp32 tanh may differ by an ulp or two.
     for g, e in zip(_grads(fused, x), _grads(plain, x)):
-        torch.testing.assert_close(g, e)
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-4)
 
 
 def test_from_modules_shares_parameters():

@@ -61,7 +61,7 @@ def compare(backend, x, r, kwargs):
     expected, expected_grads, grad_out = run(x, r, kwargs, "reference")
     got, got_grads, _ = run(x, r, kwargs, backend, grad_out)
     ref64 = ref64_grads = [None] * 4
-    if x.dtype in (torch.float16, torch.bfloat16):
+    if x.dtype != torch.float64:
         y64, g64, _ = run(x, r, kwargs, "reference64", grad_out.double())
         ref64, ref64_grads = [y64], g64
     assert_close(got, expected, ref64[0], "output")
@@ -167,7 +167,7 @@ def test_double_backward(backend):
             results.append(torch.autograd.grad(penalty, (xi, bi, ai), allow_unused=True,
                                                materialize_grads=True))
         for got, expected in zip(results[1], results[0]):
-            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_opcheck_native():

@@ -1,6 +1,6 @@
 """Triton backend of pixel_shuffle_act: y = act(pixel_shuffle(x + bias[:, None, None], r)).
 
-The math contract is .notes/pixel_shuffle_spec.md; reference.py is the oracle. Two ops:
+The math contract is README.md beside this file; reference.py is the oracle. Two ops:
 
     torch.ops.fastgan.pixel_shuffle_act_fwd_triton(x, bias, r, activation, negative_slope,
                                                    prelu_weight) -> y [N, C, H*r, W*r]
