@@ -1,4 +1,4 @@
-// CUDA kernels of fastgan::pixel_shuffle_act (contract: .notes/pixel_shuffle_spec.md).
+// CUDA kernels of fastgan::pixel_shuffle_act (contract: fastgan/ops/pixel_shuffle/README.md).
 //
 // Work split, shared by forward and backward: a thread owns a "unit" of input channels of one
 // output channel c and loops over input pixels (n, h, w). For r = 2 and r = 4 a unit is all of c:

@@ -1,5 +1,5 @@
 // Launchers of the CUDA kernels of fastgan::pixel_shuffle_act; the math is the contract in
-// .notes/pixel_shuffle_spec.md.
+// fastgan/ops/pixel_shuffle/README.md.
 // Torch-free: raw pointers, sizes and strides in elements (int64), a cudaStream_t, a cudaError_t
 // back. Launchers run on the current CUDA device; the caller sets it and keeps the buffers alive.
 #pragma once
