@@ -1,4 +1,4 @@
-// CPU kernels of fastgan::pixel_shuffle_act_{fwd,bwd}; the math is .notes/pixel_shuffle_spec.md.
+// CPU kernels of fastgan::pixel_shuffle_act_{fwd,bwd}; the math is fastgan/ops/pixel_shuffle/README.md.
 //
 // Both layouts share one shape of work: the activation (or its derivative) runs over spans that
 // are contiguous in x, in opmath precision, into a small buffer that stays in L1, and a second
@@ -31,7 +31,7 @@
 #include <utility>
 #include <vector>
 
-#include "common/pixel_shuffle_act.h"
+#include "common/pixel_shuffle_act_checks.h"
 
 namespace fastgan {
 namespace {

@@ -7,7 +7,7 @@
 
 #include <tuple>
 
-#include "../common/pixel_shuffle_act.h"
+#include "../common/pixel_shuffle_act_checks.h"
 #include "pixel_shuffle_act.cuh"
 
 namespace fastgan {

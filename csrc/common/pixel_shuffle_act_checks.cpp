@@ -1,4 +1,4 @@
-#include "pixel_shuffle_act.h"
+#include "pixel_shuffle_act_checks.h"
 
 #include <c10/util/Exception.h>
 
