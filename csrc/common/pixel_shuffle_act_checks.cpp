@@ -1,5 +1,6 @@
 #include "pixel_shuffle_act_checks.h"
 
+#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
 namespace fastgan {
@@ -71,6 +72,14 @@ void check_pixel_shuffle_act_grad(const at::Tensor& grad_out, const at::Tensor& 
   TORCH_CHECK(grad_out.device() == x.device() && grad_out.scalar_type() == x.scalar_type(),
               "fastgan.pixel_shuffle_act: grad_out must be ", x.scalar_type(), " on ", x.device(),
               ", got ", grad_out.scalar_type(), " on ", grad_out.device());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> empty_pixel_shuffle_act_grads(
+    const at::Tensor& x, const c10::optional<at::Tensor>& bias,
+    const c10::optional<at::Tensor>& prelu_weight) {
+  return {at::empty(x.sizes(), x.options().memory_format(output_memory_format(x))),
+          at::empty({bias.has_value() ? x.size(1) : 0}, x.options()),
+          at::empty({prelu_weight.has_value() ? prelu_weight->numel() : 0}, x.options())};
 }
 
 }  // namespace fastgan

@@ -5,6 +5,8 @@
 #include <c10/util/Optional.h>
 #include <c10/util/string_view.h>
 
+#include <tuple>
+
 #include "activation.h"
 
 namespace fastgan {
@@ -24,5 +26,11 @@ void check_pixel_shuffle_act_args(const at::Tensor& x, const c10::optional<at::T
 // grad_out must have the forward output's shape, device and dtype.
 void check_pixel_shuffle_act_grad(const at::Tensor& grad_out, const at::Tensor& x,
                                   int64_t upscale_factor);
+
+// The backward op's outputs, uninitialised: grad_x with x's shape in output_memory_format(x),
+// grad_bias [Cin] and grad_prelu like prelu_weight, each [0] when its input is absent.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> empty_pixel_shuffle_act_grads(
+    const at::Tensor& x, const c10::optional<at::Tensor>& bias,
+    const c10::optional<at::Tensor>& prelu_weight);
 
 }  // namespace fastgan

@@ -428,10 +428,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_shuffle_act_bwd_cpu(
   const Prepared in = prepare(x, bias, r, act, negative_slope, prelu_weight);
   // dy in y's layout (= x's), so that both are walked contiguously.
   const at::Tensor dy = grad_out.contiguous(in.format);
-  at::Tensor grad_x = at::empty_like(in.x);
-  at::Tensor grad_bias = at::empty({bias.has_value() ? cin : 0}, x.options());
-  at::Tensor grad_prelu =
-      at::empty({prelu_weight.has_value() ? prelu_weight->numel() : 0}, x.options());
+  at::Tensor grad_x, grad_bias, grad_prelu;  // not structured bindings: lambdas capture these
+  std::tie(grad_x, grad_bias, grad_prelu) = empty_pixel_shuffle_act_grads(x, bias, prelu_weight);
   const auto dtype = x.scalar_type();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "pixel_shuffle_act_bwd", [&] {
     using T = opmath_t<scalar_t>;

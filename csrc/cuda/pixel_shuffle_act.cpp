@@ -85,10 +85,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_shuffle_act_bwd_cuda(
   check_pixel_shuffle_act_grad(grad_out, x, upscale_factor);
   const c10::cuda::CUDAGuard guard(x.device());
   const Inputs in = make_inputs(x, bias, upscale_factor, act, negative_slope, prelu_weight);
-  at::Tensor grad_x = at::empty(x.sizes(), x.options().memory_format(output_memory_format(x)));
-  at::Tensor grad_bias = at::empty({bias.has_value() ? x.size(1) : 0}, x.options());
-  at::Tensor grad_prelu =
-      at::empty({prelu_weight.has_value() ? prelu_weight->numel() : 0}, x.options());
+  at::Tensor grad_x, grad_bias, grad_prelu;  // not structured bindings: lambdas capture these
+  std::tie(grad_x, grad_bias, grad_prelu) = empty_pixel_shuffle_act_grads(x, bias, prelu_weight);
 
   cuda::PixelShuffleActGrads g;
   g.grad_out = grad_out.data_ptr();

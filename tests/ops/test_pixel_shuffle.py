@@ -196,8 +196,17 @@ def test_opcheck_triton():
     skip_unless_runnable("triton", "cpu", torch.float32, DTYPES)
     x = torch.randn(2, 8, 3, 5, requires_grad=True)
     b = torch.randn(8, requires_grad=True)
+    # On CPU the kernels run in the Triton interpreter, which cannot be recorded into an AOT graph
+    # (it needs the JIT's kernel metadata), so the aot_dispatch checks run on GPU only.
+    on_gpu = x.device.type == "cuda"
+    utils = ("test_schema", "test_autograd_registration", "test_faketensor") + (
+        ("test_aot_dispatch_dynamic",) if on_gpu else ())
     torch.library.opcheck(torch.ops.fastgan.pixel_shuffle_act_fwd_triton, (x, b, 2, "relu", 0.2, None),
-                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+                          test_utils=utils)
+    n, cin, h, w = x.shape
+    torch.library.opcheck(torch.ops.fastgan.pixel_shuffle_act_bwd_triton,
+                          (torch.randn(n, cin // 4, 2 * h, 2 * w), x.detach(), b.detach(), 2, "relu",
+                           0.2, None), test_utils=utils)
 
 
 def test_torch_compile_fullgraph():
@@ -290,6 +299,15 @@ def test_gpu_model_shapes(backend, dtype):
         for layout in ("contiguous", "channels_last"):
             x, r, kwargs = make_inputs(shape, activation, layout, dtype, device="cuda")
             compare(backend, x, r, kwargs)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("op", ["pixel_shuffle_act_fwd", "pixel_shuffle_act_fwd_triton"])
+def test_gpu_opcheck(op):
+    skip_unless_runnable("triton" if op.endswith("triton") else "cuda", "cuda", torch.float32, DTYPES)
+    x = torch.randn(2, 8, 3, 5, device="cuda", requires_grad=True)
+    w = torch.randn(2, device="cuda", requires_grad=True)
+    torch.library.opcheck(getattr(torch.ops.fastgan, op), (x, None, 2, "prelu", 0.2, w))
 
 
 @pytest.mark.gpu
