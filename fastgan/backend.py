@@ -106,35 +106,34 @@ def _interpreter_on() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def _status(name: str) -> BackendStatus:
+    """One backend's availability; runnable() asks for just the backend it needs on every op call."""
+    if name == "reference":
+        return BackendStatus("reference", True, "pure PyTorch")
+    if name == "cpu":
+        return BackendStatus("cpu", _EXTENSION is not None,
+                             "built" if _EXTENSION is not None else _EXTENSION_REASON)
+    if name == "cuda":
+        if _EXTENSION is None:
+            return BackendStatus("cuda", False, _EXTENSION_REASON)
+        if not getattr(_EXTENSION, "with_cuda", 0):
+            return BackendStatus("cuda", False, "fastgan._C was built without CUDA kernels")
+        if not torch.cuda.is_available():
+            return BackendStatus("cuda", False, "no CUDA device")
+        return BackendStatus("cuda", True, f"built for sm {_EXTENSION.cuda_arch_list}")
+    if not _TRITON_OK:
+        return BackendStatus("triton", False, _TRITON_REASON)
+    if torch.cuda.is_available():
+        return BackendStatus("triton", True, f"{_TRITON_REASON} on CUDA")
+    if _interpreter_on():
+        return BackendStatus("triton", True, f"{_TRITON_REASON}, interpreter on CPU tensors")
+    return BackendStatus(
+        "triton", False, f"{_TRITON_REASON} but no CUDA device (TRITON_INTERPRET=1 runs it on CPU)")
+
+
 def backends() -> dict[str, BackendStatus]:
     """Each backend's availability on this machine, with the reason."""
-    ext, ext_reason = _EXTENSION, _EXTENSION_REASON
-    triton_ok, triton_reason = _TRITON_OK, _TRITON_REASON
-    cuda_device = torch.cuda.is_available()
-
-    if not triton_ok:
-        triton = BackendStatus("triton", False, triton_reason)
-    elif cuda_device:
-        triton = BackendStatus("triton", True, f"{triton_reason} on CUDA")
-    elif _interpreter_on():
-        triton = BackendStatus("triton", True, f"{triton_reason}, interpreter on CPU tensors")
-    else:
-        triton = BackendStatus(
-            "triton", False, f"{triton_reason} but no CUDA device (TRITON_INTERPRET=1 runs it on CPU)"
-        )
-
-    if ext is None:
-        cuda = BackendStatus("cuda", False, ext_reason)
-    elif not getattr(ext, "with_cuda", 0):
-        cuda = BackendStatus("cuda", False, "fastgan._C was built without CUDA kernels")
-    elif not cuda_device:
-        cuda = BackendStatus("cuda", False, "no CUDA device")
-    else:
-        cuda = BackendStatus("cuda", True, f"built for sm {ext.cuda_arch_list}")
-
-    cpu = BackendStatus("cpu", ext is not None, "built" if ext is not None else ext_reason)
-    reference = BackendStatus("reference", True, "pure PyTorch")
-    return {s.name: s for s in (reference, triton, cuda, cpu)}
+    return {name: _status(name) for name in BACKENDS}
 
 
 def runnable(name: str, device: torch.device, dtype: torch.dtype | None = None,
@@ -144,7 +143,7 @@ def runnable(name: str, device: torch.device, dtype: torch.dtype | None = None,
         raise ValueError(f"fastgan: backend must be one of {_CHOICES}, got {name!r}")
     if name == "reference":
         return True, "pure PyTorch"
-    status = backends()[name]
+    status = _status(name)
     if not status.available:
         return False, status.reason
     device = torch.device(device)

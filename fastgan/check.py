@@ -77,6 +77,14 @@ def _run(check: OpCheck, sample: Sample, backend: str) -> list[torch.Tensor]:
     return [out.detach(), *grads]
 
 
+def _scaled_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |got - expected|, relative to expected's largest magnitude when that exceeds 1."""
+    if expected.numel() == 0:
+        return 0.0
+    diff = (got.double() - expected.double()).abs().max()
+    return (diff / expected.double().abs().max().clamp_min(1)).item()
+
+
 def run_checks(device: torch.device, dtypes: list[torch.dtype] | None = None,
                ops: list[str] | None = None) -> list[CheckResult]:
     """Compares each runnable fused backend with the reference on ``device``."""
@@ -94,11 +102,7 @@ def run_checks(device: torch.device, dtypes: list[torch.dtype] | None = None,
                     tol = _TOLERANCE[dtype]
                     try:
                         got = _run(check, sample, name)
-                        err = max(
-                            ((g.double() - e.double()).abs().max() / e.double().abs().max().clamp_min(1)).item()
-                            if e.numel() else 0.0
-                            for g, e in zip(got, expected)
-                        )
+                        err = max(_scaled_error(g, e) for g, e in zip(got, expected))
                         results.append(CheckResult(op, name, dtype, sample.label, err, tol, err <= tol))
                     except Exception as exc:  # a check reports failures, it does not stop at them
                         results.append(CheckResult(op, name, dtype, sample.label, float("nan"), tol,

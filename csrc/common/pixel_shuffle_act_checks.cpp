@@ -22,13 +22,15 @@ at::MemoryFormat output_memory_format(const at::Tensor& x) {
   return at::MemoryFormat::Contiguous;
 }
 
-void check_pixel_shuffle_act_args(const at::Tensor& x, const c10::optional<at::Tensor>& bias,
-                                  int64_t upscale_factor, Activation act,
-                                  const c10::optional<at::Tensor>& prelu_weight) {
+Activation check_pixel_shuffle_act_args(const at::Tensor& x, const c10::optional<at::Tensor>& bias,
+                                        int64_t upscale_factor, c10::string_view activation,
+                                        const c10::optional<at::Tensor>& prelu_weight) {
+  const Activation act = parse_activation(activation);
   TORCH_CHECK(x.dim() == 4, "fastgan.pixel_shuffle_act: x must be 4-D [N, C*r*r, H, W], got ",
               x.dim(), "-D with shape ", x.sizes());
   TORCH_CHECK(at::isFloatingType(x.scalar_type()),
-              "fastgan.pixel_shuffle_act: x must be a floating-point tensor, got ", x.scalar_type());
+              "fastgan.pixel_shuffle_act: x must be a floating-point tensor, got ",
+              x.scalar_type());
   TORCH_CHECK(upscale_factor >= 1,
               "fastgan.pixel_shuffle_act: upscale_factor must be >= 1, got ", upscale_factor);
   const int64_t rr = upscale_factor * upscale_factor;
@@ -37,8 +39,9 @@ void check_pixel_shuffle_act_args(const at::Tensor& x, const c10::optional<at::T
               ") must be divisible by upscale_factor**2 (", rr, ")");
   if (bias.has_value()) {
     const at::Tensor& b = *bias;
-    TORCH_CHECK(b.dim() == 1 && b.size(0) == cin, "fastgan.pixel_shuffle_act: bias must have shape [",
-                cin, "] (one per input channel), got ", b.sizes());
+    TORCH_CHECK(b.dim() == 1 && b.size(0) == cin,
+                "fastgan.pixel_shuffle_act: bias must have shape [", cin,
+                "] (one per input channel), got ", b.sizes());
     TORCH_CHECK(b.device() == x.device(), "fastgan.pixel_shuffle_act: bias is on ", b.device(),
                 " but x is on ", x.device());
     TORCH_CHECK(b.scalar_type() == x.scalar_type(), "fastgan.pixel_shuffle_act: bias dtype ",
@@ -54,12 +57,14 @@ void check_pixel_shuffle_act_args(const at::Tensor& x, const c10::optional<at::T
                 "] (output channels), got ", w.sizes());
     TORCH_CHECK(w.device() == x.device(), "fastgan.pixel_shuffle_act: prelu_weight is on ",
                 w.device(), " but x is on ", x.device());
-    TORCH_CHECK(w.scalar_type() == x.scalar_type(), "fastgan.pixel_shuffle_act: prelu_weight dtype ",
-                w.scalar_type(), " does not match x dtype ", x.scalar_type());
+    TORCH_CHECK(w.scalar_type() == x.scalar_type(),
+                "fastgan.pixel_shuffle_act: prelu_weight dtype ", w.scalar_type(),
+                " does not match x dtype ", x.scalar_type());
   } else {
     TORCH_CHECK(!prelu_weight.has_value(),
                 "fastgan.pixel_shuffle_act: prelu_weight is only used with activation 'prelu'");
   }
+  return act;
 }
 
 void check_pixel_shuffle_act_grad(const at::Tensor& grad_out, const at::Tensor& x,

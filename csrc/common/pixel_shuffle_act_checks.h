@@ -17,11 +17,12 @@ Activation parse_activation(c10::string_view name);
 // Channels-last when x is channels-last dense and not also NCHW-contiguous, else contiguous.
 at::MemoryFormat output_memory_format(const at::Tensor& x);
 
-// Validates the arguments of the forward op (the backward op checks grad_out on top).
-// Throws c10::Error (RuntimeError in Python) naming the argument and what was expected.
-void check_pixel_shuffle_act_args(const at::Tensor& x, const c10::optional<at::Tensor>& bias,
-                                  int64_t upscale_factor, Activation act,
-                                  const c10::optional<at::Tensor>& prelu_weight);
+// Validates the arguments of the forward op (the backward op checks grad_out on top) and returns
+// the parsed activation. Throws c10::Error (RuntimeError in Python) naming the argument and what
+// was expected.
+Activation check_pixel_shuffle_act_args(const at::Tensor& x, const c10::optional<at::Tensor>& bias,
+                                        int64_t upscale_factor, c10::string_view activation,
+                                        const c10::optional<at::Tensor>& prelu_weight);
 
 // grad_out must have the forward output's shape, device and dtype.
 void check_pixel_shuffle_act_grad(const at::Tensor& grad_out, const at::Tensor& x,

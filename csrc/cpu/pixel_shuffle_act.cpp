@@ -1,4 +1,5 @@
-// CPU kernels of fastgan::pixel_shuffle_act_{fwd,bwd}; the math is fastgan/ops/pixel_shuffle/README.md.
+// CPU kernels of fastgan::pixel_shuffle_act_{fwd,bwd}.
+// The math they implement: fastgan/ops/pixel_shuffle/README.md.
 //
 // Both layouts share one shape of work: the activation (or its derivative) runs over spans that
 // are contiguous in x, in opmath precision, into a small buffer that stays in L1, and a second
@@ -395,8 +396,8 @@ at::Tensor pixel_shuffle_act_fwd_cpu(const at::Tensor& x, const c10::optional<at
                                      int64_t upscale_factor, c10::string_view activation,
                                      double negative_slope,
                                      const c10::optional<at::Tensor>& prelu_weight) {
-  const Activation act = parse_activation(activation);
-  check_pixel_shuffle_act_args(x, bias, upscale_factor, act, prelu_weight);
+  const Activation act =
+      check_pixel_shuffle_act_args(x, bias, upscale_factor, activation, prelu_weight);
   const int64_t r = upscale_factor;
   const Prepared in = prepare(x, bias, r, act, negative_slope, prelu_weight);
   at::Tensor y = at::empty({x.size(0), x.size(1) / (r * r), x.size(2) * r, x.size(3) * r},
@@ -421,8 +422,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_shuffle_act_bwd_cpu(
     const at::Tensor& grad_out, const at::Tensor& x, const c10::optional<at::Tensor>& bias,
     int64_t upscale_factor, c10::string_view activation, double negative_slope,
     const c10::optional<at::Tensor>& prelu_weight) {
-  const Activation act = parse_activation(activation);
-  check_pixel_shuffle_act_args(x, bias, upscale_factor, act, prelu_weight);
+  const Activation act =
+      check_pixel_shuffle_act_args(x, bias, upscale_factor, activation, prelu_weight);
   check_pixel_shuffle_act_grad(grad_out, x, upscale_factor);
   const int64_t r = upscale_factor, cin = x.size(1);
   const Prepared in = prepare(x, bias, r, act, negative_slope, prelu_weight);

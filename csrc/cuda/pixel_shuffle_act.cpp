@@ -63,8 +63,8 @@ at::Tensor pixel_shuffle_act_fwd_cuda(const at::Tensor& x, const c10::optional<a
                                       int64_t upscale_factor, c10::string_view activation,
                                       double negative_slope,
                                       const c10::optional<at::Tensor>& prelu_weight) {
-  const Activation act = parse_activation(activation);
-  check_pixel_shuffle_act_args(x, bias, upscale_factor, act, prelu_weight);
+  const Activation act =
+      check_pixel_shuffle_act_args(x, bias, upscale_factor, activation, prelu_weight);
   const c10::cuda::CUDAGuard guard(x.device());
   const Inputs in = make_inputs(x, bias, upscale_factor, act, negative_slope, prelu_weight);
   const int64_t r = upscale_factor;
@@ -80,8 +80,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_shuffle_act_bwd_cuda(
     const at::Tensor& grad_out, const at::Tensor& x, const c10::optional<at::Tensor>& bias,
     int64_t upscale_factor, c10::string_view activation, double negative_slope,
     const c10::optional<at::Tensor>& prelu_weight) {
-  const Activation act = parse_activation(activation);
-  check_pixel_shuffle_act_args(x, bias, upscale_factor, act, prelu_weight);
+  const Activation act =
+      check_pixel_shuffle_act_args(x, bias, upscale_factor, activation, prelu_weight);
   check_pixel_shuffle_act_grad(grad_out, x, upscale_factor);
   const c10::cuda::CUDAGuard guard(x.device());
   const Inputs in = make_inputs(x, bias, upscale_factor, act, negative_slope, prelu_weight);
