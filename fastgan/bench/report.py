@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import os
 import platform
 import re
 import subprocess
@@ -81,7 +82,12 @@ def device_slug(device: torch.device) -> str:
 
 
 def git_sha(repo: Path | None) -> str:
-    """HEAD of the checkout this fastgan runs from (+"-dirty" with local edits), else "unknown"."""
+    """HEAD of the checkout this fastgan runs from (+"-dirty" with local edits), else "unknown".
+
+    FASTGAN_GIT_SHA overrides it, for a copy of the tree without its .git (a lent GPU machine).
+    """
+    if os.environ.get("FASTGAN_GIT_SHA"):
+        return os.environ["FASTGAN_GIT_SHA"]
     if repo is None:
         return "unknown"
     try:

@@ -320,3 +320,27 @@ def test_gpu_cuda_equals_triton():
     torch.testing.assert_close(a[0], b[0])
     for g, e in zip(a[1], b[1]):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-4)
+
+
+def _assert_reproducible(backend, device, shape):
+    """The bias and PReLU gradients are reductions over N*H*W: the same inputs must give bitwise
+    the same gradients on every call (no atomics, a fixed reduction order)."""
+    x, r, kwargs = make_inputs(shape, "prelu_c", "contiguous", torch.float32, device=device)
+    first = run(x, r, kwargs, backend)
+    for _ in range(3):
+        again = run(x, r, kwargs, backend, first[2])
+        assert torch.equal(first[0], again[0])
+        for a, b in zip(first[1], again[1]):
+            assert torch.equal(a, b), "gradient changed between identical calls"
+
+
+def test_reductions_are_deterministic_cpu():
+    skip_unless_runnable("cpu", "cpu", torch.float32, DTYPES)
+    _assert_reproducible("cpu", "cpu", (8, 16, 24, 40, 2))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_reductions_are_deterministic(backend):
+    skip_unless_runnable(backend, "cuda", torch.float32, DTYPES)
+    _assert_reproducible(backend, "cuda", (16, 64, 64, 64, 2))
