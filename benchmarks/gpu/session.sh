@@ -31,12 +31,12 @@ for s in $steps; do
     case $s in
     tests)
         step "tests: pytest tests (gpu-marked included)"
-        FASTGAN_REQUIRE_EXT=1 timeout 420 $PY -m pytest tests -q -ra -p no:cacheprovider \
+        FASTGAN_REQUIRE_EXT=1 timeout 300 $PY -m pytest tests -q -ra -p no:cacheprovider \
             --junitxml="$OUT/tests.xml" 2>&1 | tail -60 || fail "tests" ;;
     sanitize)
         step "compute-sanitizer memcheck + racecheck over the CUDA kernels"
         for tool in memcheck racecheck; do
-            timeout 240 compute-sanitizer --tool $tool --error-exitcode 9 \
+            timeout 150 compute-sanitizer --tool $tool --error-exitcode 9 \
                 $PY benchmarks/gpu/sanitize_cases.py >"$OUT/sanitize-$tool.log" 2>&1 \
                 || fail "compute-sanitizer $tool (see sanitize-$tool.log)"
             tail -3 "$OUT/sanitize-$tool.log"
@@ -47,7 +47,7 @@ for s in $steps; do
             | tee "$OUT/bench.log" | grep -v "^\s*$" | tail -80 || fail "bench" ;;
     bench-quick)
         step "benchmarks: fastgan bench --device cuda --quick"
-        timeout 300 $PY -m fastgan.cli bench --device cuda --quick --out "$OUT/results" 2>&1 \
+        timeout 150 $PY -m fastgan.cli bench --device cuda --quick --out "$OUT/results" 2>&1 \
             | tee "$OUT/bench.log" | tail -60 || fail "bench --quick" ;;
     *) echo "unknown step $s"; exit 2 ;;
     esac
