@@ -92,7 +92,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     provs, skips = providers_for(op, device)
     params = []
     for dtype in dtypes_for(device):
-        for case in op.cases(metafunc.config.getoption("--fastgan-quick")):
+        for case in op.cases(metafunc.config.getoption("--fastgan-quick"), device):
             for prov in provs:
                 for mode in MODES:
                     pid = f"{DTYPE_NAMES[dtype]}-{case.shape.replace(' ', '-')}-{prov.name}-{mode}"
@@ -101,3 +101,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         mark = pytest.mark.skip(reason=skip.reason)
         params.append(pytest.param(None, id=skip.provider, marks=mark))
     metafunc.parametrize("point", params)
+
+
+def run_point(benchmark, point: Point, device: torch.device) -> None:
+    """The body of every bench_<op>: time one point, record what the CSV would."""
+    call = point.step(device)
+    benchmark.group = point.group
+    benchmark.extra_info.update(
+        op=point.op.name, provider=point.provider.name, mode=point.mode, shape=point.case.shape,
+        model=point.case.model, bytes=point.bytes_moved(),
+    )
+    benchmark(call)
+    if benchmark.stats is not None:  # None under --benchmark-disable
+        benchmark.extra_info["gbps"] = point.bytes_moved() / benchmark.stats.stats.median / 1e9

@@ -15,6 +15,29 @@ TORCH_LIBRARY(fastgan, m) {
   m.def(
       "pixel_shuffle_act_bwd(Tensor grad_out, Tensor x, Tensor? bias, int upscale_factor, "
       "str activation, float negative_slope, Tensor? prelu_weight) -> (Tensor, Tensor, Tensor)");
+
+  // cond_batch_norm's four passes (contract: fastgan/ops/batch_norm/README.md). x, grad_out:
+  // [B, C, S] with any strides; gain, bias: [B, C] in x's dtype with any strides (a per-channel
+  // affine arrives as a stride-0 expand over B); mean, invstd, var and every reduction: [C] or
+  // [B, C] in the accumulation dtype (float64 for float64 x, else float32). activation is one of
+  // "none" | "relu" | "leaky_relu"; z = (x - mean) * invstd * gain + bias, y = act(z).
+  // Per-channel mean and biased variance over B and S.
+  m.def("cond_bn_stats(Tensor x) -> (Tensor mean, Tensor var)");
+  // y = act(z), with x's shape and strides (contiguous when x is not dense).
+  m.def(
+      "cond_bn_fwd(Tensor x, Tensor mean, Tensor invstd, Tensor? gain, Tensor? bias, "
+      "str activation, float negative_slope) -> Tensor");
+  // dz = grad_out * act'(z); returns ([B, C] sums over S of dz, of dz * xhat).
+  m.def(
+      "cond_bn_bwd_reduce(Tensor grad_out, Tensor x, Tensor mean, Tensor invstd, Tensor? gain, "
+      "Tensor? bias, str activation, float negative_slope) -> (Tensor sum_dz, Tensor sum_dz_xhat)");
+  // grad_x = invstd * (dz * gain - mean_dxhat - xhat * mean_dxhat_xhat), the [C] means over B and
+  // S of dxhat = dz * gain and of dxhat * xhat (training); both None: grad_x = invstd * dz * gain
+  // (eval, fixed statistics). Same shape and strides rule as cond_bn_fwd.
+  m.def(
+      "cond_bn_bwd_dx(Tensor grad_out, Tensor x, Tensor mean, Tensor invstd, Tensor? gain, "
+      "Tensor? bias, str activation, float negative_slope, Tensor? mean_dxhat, "
+      "Tensor? mean_dxhat_xhat) -> Tensor");
 }
 
 // `import fastgan._C` loads this library, which runs the registrations above. The module also

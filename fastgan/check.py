@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from . import backend as _backend
-from .ops import pixel_shuffle_act
+from .ops import cond_batch_norm, pixel_shuffle_act
+from .ops.batch_norm import DTYPES as _COND_BATCH_NORM_DTYPES
 from .ops.pixel_shuffle import DTYPES as _PIXEL_SHUFFLE_DTYPES
 
 
@@ -21,6 +22,7 @@ class Sample:
     label: str
     args: tuple
     kwargs: dict
+    constants: tuple[str, ...] = ()  # tensor kwargs that get no gradient (running statistics)
 
 
 @dataclass
@@ -54,8 +56,29 @@ def _pixel_shuffle_samples(device: torch.device, dtype: torch.dtype) -> Iterator
     yield Sample("r=2 relu", (t(3, 8, 6, 5), 2), dict(bias=t(8), activation="relu"))
 
 
+def _cond_batch_norm_samples(device: torch.device, dtype: torch.dtype) -> Iterator[Sample]:
+    def t(*shape):
+        return torch.randn(*shape, device=device, dtype=dtype)
+
+    def stats(c):  # float32 buffers under reduced precision, as nn.BatchNorm's under autocast
+        sdtype = torch.float64 if dtype == torch.float64 else torch.float32
+        return dict(running_mean=torch.randn(c, device=device, dtype=sdtype),
+                    running_var=torch.rand(c, device=device, dtype=sdtype) + 0.5)
+
+    constants = ("running_mean", "running_var")
+    yield Sample("train per-sample gain relu", (t(4, 12, 5, 7),),
+                 dict(gain=1 + t(4, 12), bias=t(4, 12), activation="relu", **stats(12)), constants)
+    yield Sample("train per-channel leaky_relu channels_last",
+                 (t(3, 8, 6, 5).to(memory_format=torch.channels_last),),
+                 dict(gain=t(8), bias=t(8), activation="leaky_relu", negative_slope=0.1))
+    yield Sample("eval [B, C, L]", (t(5, 6, 9),),
+                 dict(gain=t(5, 6), bias=t(5, 6), training=False, **stats(6)), constants)
+
+
 CHECKS: dict[str, OpCheck] = {
     "pixel_shuffle_act": OpCheck(pixel_shuffle_act, _pixel_shuffle_samples, _PIXEL_SHUFFLE_DTYPES),
+    "cond_batch_norm": OpCheck(cond_batch_norm, _cond_batch_norm_samples,
+                               _COND_BATCH_NORM_DTYPES),
 }
 
 # Absolute tolerance relative to the output's scale; low precision is compared with a float64
@@ -66,13 +89,13 @@ _TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-2, to
 def _run(check: OpCheck, sample: Sample, backend: str) -> list[torch.Tensor]:
     args = [a.detach().clone().requires_grad_(True) if isinstance(a, torch.Tensor) else a
             for a in sample.args]
-    kwargs = {k: v.detach().clone().requires_grad_(True) if isinstance(v, torch.Tensor) else v
-              for k, v in sample.kwargs.items()}
+    kwargs = {k: v.detach().clone().requires_grad_(k not in sample.constants)
+              if isinstance(v, torch.Tensor) else v for k, v in sample.kwargs.items()}
     out = check.fn(*args, **kwargs, backend=backend)
     # The same upstream gradient for every backend: a fixed seed per sample.
     gen = torch.Generator(device=out.device).manual_seed(1234)
     grad_out = torch.randn(out.shape, generator=gen, device=out.device, dtype=out.dtype)
-    inputs = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+    inputs = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor) and a.requires_grad]
     grads = torch.autograd.grad(out, inputs, grad_out)
     return [out.detach(), *grads]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-import fastgan
 from fastgan import backend as _backend
 
 FUSED = ("triton", "cuda", "cpu")

@@ -3,8 +3,8 @@
     compute-sanitizer --tool memcheck --error-exitcode 9 python3 benchmarks/gpu/sanitize_cases.py
 
 Out-of-bounds accesses, races and uninitialised reads are the sanitizer's to find; this script only
-drives the kernels (forward and backward) through sizes that end mid-block, r from 1 to 4, every
-activation, NCHW / channels_last / strided inputs and the reduced-precision dtypes.
+drives the kernels (forward and backward) through sizes that end mid-block, every activation and
+affine form, NCHW / channels_last / strided inputs and the reduced-precision dtypes.
 """
 
 from __future__ import annotations
@@ -13,7 +13,19 @@ import itertools
 
 import torch
 
-from fastgan.ops import pixel_shuffle_act
+from fastgan.ops import cond_batch_norm, pixel_shuffle_act
+
+
+def _input(shape, layout: str, dtype: torch.dtype) -> torch.Tensor:
+    """A random CUDA leaf: NCHW, channels_last, or every other column of a wider tensor."""
+    n, c, h, w = shape
+    if layout == "strided":
+        x = torch.randn(n, c, h, 2 * w, device="cuda", dtype=dtype)[..., ::2]
+    else:
+        x = torch.randn(n, c, h, w, device="cuda", dtype=dtype)
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+    return x.requires_grad_(True)
 
 
 def pixel_shuffle_cases() -> int:
@@ -25,13 +37,7 @@ def pixel_shuffle_cases() -> int:
             shapes, activations, ("nchw", "channels_last", "strided"),
             (torch.float32, torch.bfloat16, torch.float16)):
         cin = c * r * r
-        if layout == "strided":
-            x = torch.randn(n, cin, h, 2 * w, device="cuda", dtype=dtype)[..., ::2]
-        else:
-            x = torch.randn(n, cin, h, w, device="cuda", dtype=dtype)
-            if layout == "channels_last":
-                x = x.contiguous(memory_format=torch.channels_last)
-        x.requires_grad_(True)
+        x = _input((n, cin, h, w), layout, dtype)
         bias = torch.randn(cin, device="cuda", dtype=dtype, requires_grad=True)
         weight = None
         if act.startswith("prelu"):
@@ -45,5 +51,27 @@ def pixel_shuffle_cases() -> int:
     return count
 
 
+def cond_batch_norm_cases() -> int:
+    count = 0
+    shapes = [(1, 3, 1, 2), (2, 5, 3, 7), (4, 96, 33, 31), (64, 1536, 4, 4), (3, 7, 1, 1)]
+    for (b, c, h, w), affine, layout, dtype, training in itertools.product(
+            shapes, ("per_sample", "per_channel", "none"), ("nchw", "channels_last", "strided"),
+            (torch.float32, torch.bfloat16, torch.float16), (True, False)):
+        x = _input((b, c, h, w), layout, dtype)
+        pshape = {"per_sample": (b, c), "per_channel": (c,)}.get(affine)
+        gain = bias = None
+        if pshape is not None:
+            gain = torch.randn(pshape, device="cuda", dtype=dtype, requires_grad=True)
+            bias = torch.randn(pshape, device="cuda", dtype=dtype, requires_grad=True)
+        stats = torch.zeros(c, device="cuda"), torch.ones(c, device="cuda")
+        y = cond_batch_norm(x, gain, bias, *stats, training=training, activation="leaky_relu",
+                            backend="cuda")
+        y.backward(torch.randn_like(y))
+        count += 1
+    torch.cuda.synchronize()
+    return count
+
+
 if __name__ == "__main__":
     print(f"pixel_shuffle_act: {pixel_shuffle_cases()} cuda fwd+bwd cases ran")
+    print(f"cond_batch_norm: {cond_batch_norm_cases()} cuda fwd+bwd cases ran")

@@ -21,39 +21,6 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int64_t kMaxGridY = 65535;
 
-template <typename A>
-__device__ __forceinline__ A tanh_acc(A z) {
-  if constexpr (std::is_same_v<A, float>) return tanhf(z);
-  else return tanh(z);
-}
-
-// `neg` is the slope of the negative side: negative_slope for leaky_relu, the weight for prelu.
-template <typename A>
-__device__ __forceinline__ A act_fwd(Activation act, A z, A neg) {
-  switch (act) {
-    case Activation::kRelu: return z < A(0) ? A(0) : z;  // keeps NaN, as torch.relu does
-    case Activation::kLeakyRelu:
-    case Activation::kPrelu: return z > A(0) ? z : z * neg;
-    case Activation::kTanh: return tanh_acc(z);
-    default: return z;
-  }
-}
-
-// d act(z) / dz * dy, with torch's choice of derivative at z == 0.
-template <typename A>
-__device__ __forceinline__ A act_grad(Activation act, A z, A dy, A neg) {
-  switch (act) {
-    case Activation::kRelu: return z > A(0) ? dy : A(0);
-    case Activation::kLeakyRelu:
-    case Activation::kPrelu: return z > A(0) ? dy : dy * neg;
-    case Activation::kTanh: {
-      const A t = tanh_acc(z);
-      return dy * (A(1) - t * t);
-    }
-    default: return dy;
-  }
-}
-
 // Index is uint32_t when every element offset of the launch fits in 31 bits, else uint64_t.
 template <typename Index>
 struct Geometry {

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "../common/activation.h"
 #include "../common/dtype.h"
 
 namespace fastgan {
@@ -107,6 +108,60 @@ __device__ __forceinline__ A block_sum(A v) {
     for (int w = 0; w < kBlock / 32; ++w) v += warp_sums[w];
   }
   return v;
+}
+
+// Activations shared by the fused ops, in the accumulation type A.
+template <typename A>
+__device__ __forceinline__ A tanh_acc(A z) {
+  if constexpr (std::is_same_v<A, float>) return tanhf(z);
+  else return tanh(z);
+}
+
+// `neg` is the slope of the negative side: negative_slope for leaky_relu, the weight for prelu.
+template <typename A>
+__device__ __forceinline__ A act_fwd(Activation act, A z, A neg) {
+  switch (act) {
+    case Activation::kRelu: return z < A(0) ? A(0) : z;  // keeps NaN, as torch.relu does
+    case Activation::kLeakyRelu:
+    case Activation::kPrelu: return z > A(0) ? z : z * neg;
+    case Activation::kTanh: return tanh_acc(z);
+    default: return z;
+  }
+}
+
+// d act(z) / dz * dy, with torch's choice of derivative at z == 0.
+template <typename A>
+__device__ __forceinline__ A act_grad(Activation act, A z, A dy, A neg) {
+  switch (act) {
+    case Activation::kRelu: return z > A(0) ? dy : A(0);
+    case Activation::kLeakyRelu:
+    case Activation::kPrelu: return z > A(0) ? dy : dy * neg;
+    case Activation::kTanh: {
+      const A t = tanh_acc(z);
+      return dy * (A(1) - t * t);
+    }
+    default: return dy;
+  }
+}
+
+// Count, mean and centred sum of squares (M2) of a set of values. Merging two with Chan et al.'s
+// parallel formula keeps the variance of data far from zero, which E[x^2] - E[x]^2 would lose.
+// An aggregate (no initialisers) so that it can live in __shared__ arrays; MeanM2{} is empty.
+struct MeanM2 {
+  float n, mean, m2;
+};
+
+__device__ __forceinline__ MeanM2 merge(const MeanM2& a, const MeanM2& b) {
+  const float n = a.n + b.n;
+  const float f = n > 0.f ? b.n / n : 0.f;  // two empty sets stay empty rather than 0 / 0
+  const float d = b.mean - a.mean;
+  return {n, fmaf(d, f, a.mean), a.m2 + b.m2 + d * d * a.n * f};
+}
+
+__device__ __forceinline__ MeanM2 shfl_down(const MeanM2& s, unsigned offset, int width) {
+  return {__shfl_down_sync(0xffffffffu, s.n, offset, width),
+          __shfl_down_sync(0xffffffffu, s.mean, offset, width),
+          __shfl_down_sync(0xffffffffu, s.m2, offset, width)};
 }
 
 template <typename T>

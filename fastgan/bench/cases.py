@@ -44,7 +44,7 @@ class OpBench:
     name: str
     reference: str
     fused: str
-    cases: Callable[[bool], list[Case]]  # quick -> cases
+    cases: Callable[[bool, torch.device], list[Case]]  # (quick, device) -> cases
     backends: tuple[str, ...] = ("cuda", "triton", "cpu")
 
     def reference_fn(self) -> Callable[..., torch.Tensor]:
@@ -113,7 +113,7 @@ def _pixel_shuffle_case(
     return Case(shape=shape, model=model, make=make, bytes_moved=bytes_moved)
 
 
-def _pixel_shuffle_cases(quick: bool) -> list[Case]:
+def _pixel_shuffle_cases(quick: bool, device: torch.device) -> list[Case]:
     # The x4 upsampler of MSRResNet / SRResNet (SRGAN): conv 64 -> 256, pixel_shuffle(2), act,
     # twice; LR training patches of 32x32 put its two stages at 32x32 and 64x64, batch 16.
     # The 128x128 stage is the ESRGAN-size (128x128 LR) input. SRGAN uses PReLU (one weight per
@@ -141,5 +141,60 @@ register(
         reference="fastgan.ops.pixel_shuffle.reference:pixel_shuffle_act_reference",
         fused="fastgan.ops:pixel_shuffle_act",
         cases=_pixel_shuffle_cases,
+    )
+)
+
+
+# ---------------------------------------------------------------- cond_batch_norm
+
+
+def _cond_batch_norm_case(model: str, b: int, c: int, hw: int, affine: str,
+                          activation: str = "relu") -> Case:
+    """Training batch norm of x [b, c, hw, hw] with running stats, a per-sample ("cond") or
+    per-channel ("bn") gain and bias, and `activation`."""
+    shape = f"{b}x{c}x{hw}x{hw} {affine} {activation}"
+    numel = b * c * hw * hw
+    params = 2 * (b * c if affine == "cond" else c)
+
+    def make(device: torch.device, dtype: torch.dtype) -> InputSet:
+        x = torch.randn(b, c, hw, hw, device=device, dtype=dtype, requires_grad=True)
+        pshape = (b, c) if affine == "cond" else (c,)
+        gain = (1 + 0.2 * torch.randn(pshape, device=device, dtype=dtype)).requires_grad_()
+        bias = torch.randn(pshape, device=device, dtype=dtype, requires_grad=True)
+        stats = dict(running_mean=torch.zeros(c, device=device),
+                     running_var=torch.ones(c, device=device))
+        return InputSet(kwargs=dict(x=x, gain=gain, bias=bias, activation=activation, **stats),
+                        leaves=[x, gain, bias])
+
+    def bytes_moved(mode: str, elem: int) -> int:
+        # The floor: fwd reads x twice (statistics, normalise) and writes y; bwd reads dy and x
+        # twice (reduce, then grad_x) and writes dx. Parameters are small but counted.
+        fwd = (3 * numel + params) * elem
+        bwd = (5 * numel + 2 * params) * elem
+        return {"fwd": fwd, "bwd": bwd, "full": fwd + bwd}[mode]
+
+    return Case(shape=shape, model=model, make=make, bytes_moved=bytes_moved)
+
+
+def _cond_batch_norm_cases(quick: bool, device: torch.device) -> list[Case]:
+    # BigGAN-128's generator (ch=96): class-conditional BN + ReLU in each GBlock at
+    # [16ch, 4x4] ... [ch, 128x128], batch 64 per GPU; on CPU batch 8 keeps a full run in minutes.
+    # Plus the BN + ReLU of a ResNet/DCGAN-style body with a per-channel affine.
+    b = 64 if device.type == "cuda" else 8
+    if quick:
+        return [_cond_batch_norm_case("BigGAN-128 G 16x16", b, 768, 16, "cond"),
+                _cond_batch_norm_case("ResNet-style BN+ReLU", 8, 64, 32, "bn")]
+    biggan = [(1536, 4), (1536, 8), (768, 16), (384, 32), (192, 64), (96, 128)]
+    return [_cond_batch_norm_case(f"BigGAN-128 G {hw}x{hw}", b, c, hw, "cond") for c, hw in biggan] + [
+        _cond_batch_norm_case("ResNet-50 stage-1 BN+ReLU", 32 if device.type == "cuda" else 8,
+                              256, 56, "bn")]
+
+
+register(
+    OpBench(
+        name="cond_batch_norm",
+        reference="fastgan.ops.batch_norm.reference:cond_batch_norm_reference",
+        fused="fastgan.ops:cond_batch_norm",
+        cases=_cond_batch_norm_cases,
     )
 )

@@ -99,7 +99,7 @@ def run_op(
     """Time every (dtype, case, provider, mode) of op; errors become Skips, never a crash."""
     eager = op.reference_fn()
     provs, skips = providers_for(op, device)
-    dtypes, cases = dtypes_for(device), op.cases(quick)
+    dtypes, cases = dtypes_for(device), op.cases(quick, device)
     progress = Progress(len(dtypes) * len(cases) * len(provs) * len(modes))
     try:
         out = _run(op, eager, provs, skips, dtypes, cases, device, modes, budget, progress)

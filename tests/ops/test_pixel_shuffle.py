@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import fastgan
 from fastgan.ops import pixel_shuffle_act

@@ -16,17 +16,14 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
-from torch._subclasses.fake_tensor import FakeTensor
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 from .._common import output_memory_format
+from .._triton_common import ACT_CODES, ACT_LEAKY, act, act_grad, launch, needs_int64
 
-# Kernel activation codes (the ACT constexpr; the jit helpers compare against the literals).
-# PReLU is leaky ReLU whose slope is loaded from prelu_weight, so it shares _ACT_LEAKY and only
+# PReLU is leaky ReLU whose slope is loaded from prelu_weight, so it shares ACT_LEAKY and only
 # the slope source (the SLOPE constexpr) differs.
-_ACT_NONE, _ACT_RELU, _ACT_LEAKY, _ACT_TANH = 0, 1, 2, 3
-_ACT_CODES = {"none": _ACT_NONE, "relu": _ACT_RELU, "leaky_relu": _ACT_LEAKY,
-              "prelu": _ACT_LEAKY, "tanh": _ACT_TANH}
+_ACT_CODES = {**ACT_CODES, "prelu": ACT_LEAKY}
 # Slope source: the scalar argument, prelu_weight[0], or prelu_weight[c].
 _SLOPE_SCALAR, _SLOPE_SHARED, _SLOPE_PER_CHANNEL = 0, 1, 2
 
@@ -36,47 +33,6 @@ _TILE = 2048
 # Upper bound on backward programs when a bias/PReLU reduction is needed: several full waves on
 # an A100/H100, while the fp32 workspace stays at most _MAX_REDUCE_PROGRAMS channel blocks.
 _MAX_REDUCE_PROGRAMS = 4096
-
-
-@triton.jit
-def _tanh(z):
-    # tl has no tanh and libdevice.tanh does not run under TRITON_INTERPRET, so build it from exp.
-    # (1 - e) / (1 + e) with e = exp(-2|z|) never overflows but loses relative precision as
-    # |z| -> 0, where an odd Taylor polynomial (truncation error < 1e-7 below 0.3) takes over.
-    a = tl.abs(z)
-    e = tl.exp(-2.0 * a)
-    big = (1.0 - e) / (1.0 + e)
-    z2 = z * z
-    small = a * (1.0 + z2 * (-1.0 / 3.0 + z2 * (2.0 / 15.0 + z2 * (-17.0 / 315.0
-                                                                   + z2 * (62.0 / 2835.0)))))
-    t = tl.where(a < 0.3, small, big)
-    return tl.where(z < 0, -t, t)
-
-
-@triton.jit
-def _activation(z, slope, ACT: tl.constexpr):
-    if ACT == 1:
-        # where(z < 0, 0, z) rather than maximum() so NaN propagates as in torch.relu.
-        return tl.where(z < 0, 0.0, z)
-    elif ACT == 2:
-        return tl.where(z > 0, z, z * slope)
-    elif ACT == 3:
-        return _tanh(z)
-    else:
-        return z
-
-
-@triton.jit
-def _activation_grad(z, dy, slope, ACT: tl.constexpr):
-    if ACT == 1:
-        return tl.where(z > 0, dy, 0.0)
-    elif ACT == 2:
-        return tl.where(z > 0, dy, dy * slope)
-    elif ACT == 3:
-        t = _tanh(z)
-        return dy * (1.0 - t * t)
-    else:
-        return dy
 
 
 @triton.jit
@@ -115,7 +71,7 @@ def _pixel_shuffle_act_fwd_kernel(
         slope = tl.load(w_ptr).to(tl.float32)
     elif SLOPE == 2:
         slope = tl.load(w_ptr + c * sw, mask=c_ok, other=0.0).to(tl.float32)[:, None]
-    y = _activation(z, slope, ACT)
+    y = act(z, slope, ACT)
     y_off = n * syn + c[:, None] * syc + oh * syh + ow[None, :] * syw
     tl.store(y_ptr + y_off, y.to(y_ptr.dtype.element_ty), mask=mask)
 
@@ -176,7 +132,7 @@ def _pixel_shuffle_act_bwd_kernel(
         if HAS_BIAS:
             z = x + b
         dy = tl.load(dy_ptr + n * sdn + h * R * sdh + dy_col, mask=mask, other=0.0).to(tl.float32)
-        dz = _activation_grad(z, dy, slope, ACT)
+        dz = act_grad(z, dy, slope, ACT)
         tl.store(dx_ptr + n * sgn + cin[:, None] * sgc + h * sgh + w[None, :] * sgw,
                  dz.to(dx_ptr.dtype.element_ty), mask=mask)
         # Masked lanes load dy = 0, so they add exactly zero to both sums.
@@ -192,32 +148,12 @@ def _pixel_shuffle_act_bwd_kernel(
         tl.store(ws_prelu_ptr + ws_off, tl.sum(acc_prelu, axis=1), mask=cin_ok)
 
 
-def _needs_int64(*tensors: torch.Tensor) -> bool:
-    """True if some element offset of some tensor (or its numel) does not fit in int32."""
-    for t in tensors:
-        span = sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()))
-        if t.numel() >= 2**31 or span >= 2**31:
-            return True
-    return False
-
-
 def _tile(fast_extent: int, other_extent: int, fast_cap: int) -> tuple[int, int, int]:
     """(fast block, other block, num_warps) for a _TILE-element tile whose fast axis is the
     output's unit-stride axis, so each warp stores long contiguous runs."""
     fast = min(triton.next_power_of_2(fast_extent), fast_cap)
     other = min(triton.next_power_of_2(other_extent), max(1, _TILE // fast))
     return fast, other, max(1, min(8, fast * other // 256))
-
-
-def _launch(kernel, n_programs: int, *args, **meta) -> None:
-    """kernel[(n_programs,)](*args, **meta) through wrap_triton, so torch.compile sees it."""
-    # A fake-tensor call (the fake kernel triton_op registers) only needs the outputs' metadata,
-    # and the wrap_triton op launches nothing under FakeTensorMode anyway. Returning early also
-    # keeps that path working under TRITON_INTERPRET, where wrap_triton hands back the bare
-    # interpreted kernel, which would try to read the fake tensors' data.
-    if any(isinstance(a, FakeTensor) for a in args):
-        return
-    wrap_triton(kernel)[(n_programs,)](*args, **meta)
 
 
 def _slope_args(activation: str, prelu_weight: Optional[torch.Tensor], x: torch.Tensor):
@@ -256,14 +192,14 @@ def pixel_shuffle_act_fwd_triton(
         block_c, block_w, warps = _tile(c, ow, 128)
     n_cblocks, n_wblocks = triton.cdiv(c, block_c), triton.cdiv(ow, block_w)
     slope_mode, weight, sw = _slope_args(activation, prelu_weight, x)
-    _launch(
+    launch(
         _pixel_shuffle_act_fwd_kernel, n * oh * n_cblocks * n_wblocks,
         x, bias if bias is not None else x, weight, y,
         c, h, oh, ow, n_cblocks, n_wblocks,
         *x.stride(), *y.stride(), bias.stride(0) if bias is not None else 0, sw,
         float(negative_slope),
         R=r, HAS_BIAS=bias is not None, ACT=_ACT_CODES[activation], SLOPE=slope_mode,
-        INT64=_needs_int64(x, y), BLOCK_C=block_c, BLOCK_W=block_w, num_warps=warps,
+        INT64=needs_int64(x, y), BLOCK_C=block_c, BLOCK_W=block_w, num_warps=warps,
     )
     return y
 
@@ -311,7 +247,7 @@ def pixel_shuffle_act_bwd_triton(
     ws_bias = torch.empty(ws_shape, dtype=torch.float32, device=x.device) if bias is not None else x
     ws_prelu = torch.empty(ws_shape, dtype=torch.float32, device=x.device) if want_prelu else x
     slope_mode, weight, sw = _slope_args(activation, prelu_weight, x)
-    _launch(
+    launch(
         _pixel_shuffle_act_bwd_kernel, groups * n_cblocks * n_wblocks,
         grad_out, x, bias if bias is not None else x, weight, grad_x, ws_bias, ws_prelu,
         cin, h, w, n * h, rows_per_prog, n_cblocks, n_wblocks,
@@ -319,7 +255,7 @@ def pixel_shuffle_act_bwd_triton(
         bias.stride(0) if bias is not None else 0, sw,
         float(negative_slope),
         R=r, HAS_BIAS=bias is not None, ACT=_ACT_CODES[activation], SLOPE=slope_mode,
-        REDUCE_PRELU=want_prelu, INT64=_needs_int64(grad_out, x, grad_x, ws_bias, ws_prelu),
+        REDUCE_PRELU=want_prelu, INT64=needs_int64(grad_out, x, grad_x, ws_bias, ws_prelu),
         BLOCK_CIN=block_cin, BLOCK_W=block_w, num_warps=warps,
     )
     grad_bias = ws_bias.sum(0).to(x.dtype) if bias is not None else x.new_empty(0)
