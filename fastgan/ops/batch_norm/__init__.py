@@ -103,11 +103,10 @@ class _CondBatchNorm(torch.autograd.Function):
             sum_dz = sum_dz_xhat = x.new_zeros(x.shape[:2], dtype=acc_dtype(x.dtype))
         elif training or need_gain or need_bias:
             sum_dz, sum_dz_xhat = passes.bwd_reduce(grad_out, x, *args)
-        if training or need_gain or need_bias:
-            if need_gain:
-                grad_gain = _affine_grad(sum_dz_xhat, gain)
-            if need_bias:
-                grad_bias = _affine_grad(sum_dz, bias)
+        if need_gain:
+            grad_gain = _affine_grad(sum_dz_xhat, gain)
+        if need_bias:
+            grad_bias = _affine_grad(sum_dz, bias)
         if training:
             if g2 is not None:
                 sum_dz, sum_dz_xhat = sum_dz * g2.to(sum_dz.dtype), sum_dz_xhat * g2.to(sum_dz.dtype)
