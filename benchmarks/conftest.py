@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from fastgan.bench.cases import DTYPE_NAMES, Case, OpBench, dtypes_for, get_op
+from fastgan.bench.cases import DTYPE_NAMES, Case, OpBench, get_op
 from fastgan.bench.providers import COMPILE, Provider, first_line, prepare, providers_for
 from fastgan.bench.timing import MODES
 
@@ -91,7 +91,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     device = _device(metafunc.config)
     provs, skips = providers_for(op, device)
     params = []
-    for dtype in dtypes_for(device):
+    for dtype in op.dtypes_on(device):
         for case in op.cases(metafunc.config.getoption("--fastgan-quick"), device):
             for prov in provs:
                 for mode in MODES:

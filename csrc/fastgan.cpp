@@ -38,6 +38,15 @@ TORCH_LIBRARY(fastgan, m) {
       "cond_bn_bwd_dx(Tensor grad_out, Tensor x, Tensor mean, Tensor invstd, Tensor? gain, "
       "Tensor? bias, str activation, float negative_slope, Tensor? mean_dxhat, "
       "Tensor? mean_dxhat_xhat) -> Tensor");
+
+  // Spectral-norm power iteration over a group of L weight matrices (contract:
+  // fastgan/ops/spectral_norm/README.md). weights[l]: [H_l, W_l], one dtype and device, any
+  // strides; us[l]: [H_l], vs[l]: [W_l], contiguous, in the accumulation dtype (float64 for float64
+  // weights, else float32), updated in place: n_power_iterations times v = normalize(W^T u),
+  // u = normalize(W v). Returns sigmas [L] (accumulation dtype), sigma_l = u . W v.
+  m.def(
+      "sn_power_iteration(Tensor[] weights, Tensor(a!)[] us, Tensor(b!)[] vs, "
+      "int n_power_iterations, float eps) -> Tensor");
 }
 
 // `import fastgan._C` loads this library, which runs the registrations above. The module also

@@ -12,9 +12,15 @@ from dataclasses import dataclass
 import torch
 
 from . import backend as _backend
-from .ops import cond_batch_norm, pixel_shuffle_act
+from .ops import (
+    cond_batch_norm,
+    pixel_shuffle_act,
+    spectral_norm_power_iteration,
+    spectral_norm_power_iteration_grouped,
+)
 from .ops.batch_norm import DTYPES as _COND_BATCH_NORM_DTYPES
 from .ops.pixel_shuffle import DTYPES as _PIXEL_SHUFFLE_DTYPES
+from .ops.spectral_norm import DTYPES as _SPECTRAL_NORM_DTYPES
 
 
 @dataclass
@@ -75,10 +81,41 @@ def _cond_batch_norm_samples(device: torch.device, dtype: torch.dtype) -> Iterat
                  dict(gain=t(5, 6), bias=t(5, 6), training=False, **stats(6)), constants)
 
 
+def _spectral_norm_samples(device: torch.device, dtype: torch.dtype) -> Iterator[Sample]:
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+
+    def vec(n):
+        return torch.nn.functional.normalize(torch.randn(n, device=device, dtype=acc), dim=0)
+
+    w = torch.randn(48, 3 * 5 * 5, device=device, dtype=dtype)
+    constants = ("u", "v")
+    yield Sample("48x75 n=1", (w,), dict(u=vec(48), v=vec(75)), constants)
+    yield Sample("1000x7 n=2", (torch.randn(1000, 7, device=device, dtype=dtype),),
+                 dict(u=vec(1000), v=vec(7), n_power_iterations=2), constants)
+    yield Sample("transposed 9x40 n=0", (torch.randn(40, 9, device=device, dtype=dtype).t(),),
+                 dict(u=vec(9), v=vec(40), n_power_iterations=0), constants)
+    shapes = [(16, 27), (1, 1), (64, 9)]
+    yield Sample("grouped 3 layers", tuple(torch.randn(s, device=device, dtype=dtype) for s in shapes),
+                 dict(u0=vec(16), u1=vec(1), u2=vec(64), v0=vec(27), v1=vec(1), v2=vec(9)),
+                 ("u0", "u1", "u2", "v0", "v1", "v2"))
+
+
+def _spectral_norm(weight_mat, *more, backend=None, **kwargs):
+    """One weight, or (weights, u0.., v0..) as the grouped op."""
+    if not more:
+        return spectral_norm_power_iteration(weight_mat, backend=backend, **kwargs)
+    weights = [weight_mat, *more]
+    us = [kwargs[f"u{i}"] for i in range(len(weights))]
+    vs = [kwargs[f"v{i}"] for i in range(len(weights))]
+    return spectral_norm_power_iteration_grouped(weights, us, vs, backend=backend)
+
+
 CHECKS: dict[str, OpCheck] = {
     "pixel_shuffle_act": OpCheck(pixel_shuffle_act, _pixel_shuffle_samples, _PIXEL_SHUFFLE_DTYPES),
     "cond_batch_norm": OpCheck(cond_batch_norm, _cond_batch_norm_samples,
                                _COND_BATCH_NORM_DTYPES),
+    "spectral_norm_power_iteration": OpCheck(_spectral_norm, _spectral_norm_samples,
+                                             _SPECTRAL_NORM_DTYPES),
 }
 
 # Absolute tolerance relative to the output's scale; low precision is compared with a float64

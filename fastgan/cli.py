@@ -65,11 +65,14 @@ def check(device: str, dtypes: list[str], ops: list[str] | None) -> int:
         print(f"no fused backend can run on {device}; nothing to check "
               f"(see `fastgan info`)")
         return 0
-    print(f"{'op':<20} {'backend':<8} {'dtype':<9} {'case':<30} {'max err':>9}  result")
+    w_op = max(20, *(len(r.op) for r in results))
+    w_case = max(30, *(len(r.sample) for r in results))
+    print(f"{'op':<{w_op}} {'backend':<8} {'dtype':<9} {'case':<{w_case}} {'max err':>9}  result")
     for r in results:
         dtype = str(r.dtype).removeprefix("torch.")
         verdict = "pass" if r.passed else f"FAIL {r.error}".rstrip()
-        print(f"{r.op:<20} {r.backend:<8} {dtype:<9} {r.sample:<30} {r.max_error:>9.2e}  {verdict}")
+        print(f"{r.op:<{w_op}} {r.backend:<8} {dtype:<9} {r.sample:<{w_case}} {r.max_error:>9.2e}  "
+              f"{verdict}")
     failed = sum(not r.passed for r in results)
     print(f"\n{len(results) - failed} passed, {failed} failed")
     return 1 if failed else 0

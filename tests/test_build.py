@@ -10,7 +10,8 @@ import torch
 import fastgan
 from fastgan import backend
 
-SCHEMAS = ["pixel_shuffle_act_fwd", "pixel_shuffle_act_bwd"]
+SCHEMAS = ["pixel_shuffle_act_fwd", "pixel_shuffle_act_bwd", "cond_bn_stats", "cond_bn_fwd",
+           "cond_bn_bwd_reduce", "cond_bn_bwd_dx", "sn_power_iteration"]
 
 
 def _require_extension():

@@ -13,7 +13,7 @@ import itertools
 
 import torch
 
-from fastgan.ops import cond_batch_norm, pixel_shuffle_act
+from fastgan.ops import cond_batch_norm, pixel_shuffle_act, spectral_norm_power_iteration_grouped
 
 
 def _input(shape, layout: str, dtype: torch.dtype) -> torch.Tensor:
@@ -72,6 +72,31 @@ def cond_batch_norm_cases() -> int:
     return count
 
 
+def spectral_norm_cases() -> int:
+    """Groups of odd-sized, tall, wide and strided matrices through n = 0, 1, 2 (the last-block
+    finish of every layer is where a race would hide)."""
+    count = 0
+    shapes = [(1, 1), (3, 45), (1000, 7), (7, 1000), (37, 53), (160, 4700), (1, 1536),
+              (24576, 20)]
+    for dtype, layout, n in itertools.product((torch.float32, torch.bfloat16, torch.float16),
+                                              ("contiguous", "transposed", "strided"), (0, 1, 2)):
+        weights = []
+        for h, w in shapes:
+            if layout == "transposed":
+                weights.append(torch.randn(w, h, device="cuda", dtype=dtype).t())
+            elif layout == "strided":
+                weights.append(torch.randn(h, 2 * w, device="cuda", dtype=dtype)[:, ::2])
+            else:
+                weights.append(torch.randn(h, w, device="cuda", dtype=dtype))
+        us = [torch.randn(h, device="cuda") for h, _ in shapes]
+        vs = [torch.randn(w, device="cuda") for _, w in shapes]
+        spectral_norm_power_iteration_grouped(weights, us, vs, n, backend="cuda")
+        count += 1
+    torch.cuda.synchronize()
+    return count
+
+
 if __name__ == "__main__":
     print(f"pixel_shuffle_act: {pixel_shuffle_cases()} cuda fwd+bwd cases ran")
     print(f"cond_batch_norm: {cond_batch_norm_cases()} cuda fwd+bwd cases ran")
+    print(f"spectral_norm: {spectral_norm_cases()} cuda grouped power-iteration cases ran")

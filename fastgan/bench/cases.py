@@ -46,6 +46,10 @@ class OpBench:
     fused: str
     cases: Callable[[bool, torch.device], list[Case]]  # (quick, device) -> cases
     backends: tuple[str, ...] = ("cuda", "triton", "cpu")
+    dtypes: Callable[[torch.device], list[torch.dtype]] | None = None  # default: dtypes_for
+
+    def dtypes_on(self, device: torch.device) -> list[torch.dtype]:
+        return (self.dtypes or dtypes_for)(device)
 
     def reference_fn(self) -> Callable[..., torch.Tensor]:
         return _resolve(self.reference)
@@ -196,5 +200,129 @@ register(
         reference="fastgan.ops.batch_norm.reference:cond_batch_norm_reference",
         fused="fastgan.ops:cond_batch_norm",
         cases=_cond_batch_norm_cases,
+    )
+)
+
+
+# ---------------------------------------------------------------- spectral_norm
+
+# The weights BigGAN-PyTorch spectrally normalises in BigGAN-128 (ch=96, 1000 classes, dim_z=120
+# in 6 chunks, shared embedding 128) as [H, W] matrices (out, in * kh * kw), in model order.
+def _biggan128_sn_shapes() -> list[tuple[int, int]]:
+    ch, cond = 96, 128 + 20  # ccbn linears see [shared class embedding, z chunk]
+    g: list[tuple[int, int]] = [(16 * ch * 4 * 4, 20)]  # z chunk -> 4x4x1536
+    for cin, cout in [(16, 16), (16, 8), (8, 4), (4, 2), (2, 1)]:
+        cin, cout = cin * ch, cout * ch
+        g += [(cin, cond), (cin, cond), (cout, cin * 9), (cout, cond), (cout, cond),
+              (cout, cout * 9), (cout, cin)]
+        if cout == 2 * ch:  # self-attention at 64x64
+            g += [(cout // 8, cout), (cout // 8, cout), (cout // 2, cout), (cout, cout // 2)]
+    g.append((3, ch * 9))
+    d: list[tuple[int, int]] = []
+    for cin, cout in [(3, ch), (ch, 2 * ch), (2 * ch, 4 * ch), (4 * ch, 8 * ch),
+                      (8 * ch, 16 * ch), (16 * ch, 16 * ch)]:
+        d += [(cout, cin * 9), (cout, cout * 9)] + ([(cout, cin)] if cin != cout else [])
+        if cout == ch:  # self-attention at 64x64
+            d += [(ch // 8, ch), (ch // 8, ch), (ch // 2, ch), (ch, ch // 2)]
+    d += [(1, 16 * ch), (1000, 16 * ch)]  # linear head, class embedding (projection)
+    return g + d
+
+
+BIGGAN128_SN_SHAPES = _biggan128_sn_shapes()
+
+
+def torch_spectral_norm_sigmas(weights: list[torch.Tensor], us: list[torch.Tensor],
+                               vs: list[torch.Tensor], n_power_iterations: int = 1,
+                               grouped: bool = True) -> torch.Tensor:
+    """What torch.nn.utils.parametrizations.spectral_norm computes per layer per training forward,
+    before it divides W by sigma: the in-place power iteration (mv, normalize(out=)), clones of u
+    and v, sigma = u . (W v). Layer by layer (``grouped`` is fastgan's knob, ignored here)."""
+    sigmas = []
+    for w, u, v in zip(weights, us, vs):
+        with torch.no_grad():
+            for _ in range(n_power_iterations):
+                torch.nn.functional.normalize(torch.mv(w.t(), u), dim=0, eps=1e-12, out=v)
+                torch.nn.functional.normalize(torch.mv(w, v), dim=0, eps=1e-12, out=u)
+        u_, v_ = u.clone(), v.clone()
+        sigmas.append(torch.vdot(u_, torch.mv(w, v_)))
+    return torch.stack(sigmas)
+
+
+def fastgan_spectral_norm_sigmas(weights: list[torch.Tensor], us: list[torch.Tensor],
+                                 vs: list[torch.Tensor], n_power_iterations: int = 1,
+                                 grouped: bool = True, backend: str | None = None) -> torch.Tensor:
+    """The same sigmas through fastgan: one grouped op, or one op per layer."""
+    from ..ops import spectral_norm_power_iteration, spectral_norm_power_iteration_grouped
+
+    if grouped:
+        return spectral_norm_power_iteration_grouped(weights, us, vs, n_power_iterations,
+                                                     backend=backend)
+    return torch.stack([spectral_norm_power_iteration(w, u, v, n_power_iterations, backend=backend)
+                        for w, u, v in zip(weights, us, vs)])
+
+
+def _spiked_weight(h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Gaussian noise plus a dominant rank-1 part: a clear top singular value (as trained SN
+    weights have), so u and v start converged and repeated calls agree to rounding."""
+    a = torch.nn.functional.normalize(torch.randn(h, device=device), dim=0)
+    b = torch.nn.functional.normalize(torch.randn(w, device=device), dim=0)
+    noise = torch.randn(h, w, device=device) / max(h, w) ** 0.5
+    return (noise + 4 * torch.outer(a, b)).to(dtype)
+
+
+def _spectral_norm_case(model: str, shapes: list[tuple[int, int]], grouped: bool,
+                        label: str) -> Case:
+    numel = sum(h * w for h, w in shapes)
+    shape = f"{label} {'grouped' if grouped else 'per-layer'}"
+
+    def make(device: torch.device, dtype: torch.dtype) -> InputSet:
+        weights, us, vs = [], [], []
+        for h, w in shapes:
+            weight = _spiked_weight(h, w, device, dtype)
+            u = torch.nn.functional.normalize(torch.randn(h, device=device), dim=0)
+            v = torch.empty(w, device=device)
+            for _ in range(30):  # converge u, v before timing
+                torch.nn.functional.normalize(weight.float().t() @ u, dim=0, out=v)
+                torch.nn.functional.normalize(weight.float() @ v, dim=0, out=u)
+            weights.append(weight.requires_grad_(True))
+            us.append(u)
+            vs.append(v)
+        return InputSet(kwargs=dict(weights=weights, us=us, vs=vs, n_power_iterations=1,
+                                    grouped=grouped), leaves=weights)
+
+    def bytes_moved(mode: str, elem: int) -> int:
+        # The floor: one iteration reads W twice (W^T u, then W v); the backward writes
+        # dsigma/dW = u v^T, W-sized. The vectors are negligible.
+        fwd, bwd = 2 * numel * elem, numel * elem
+        return {"fwd": fwd, "bwd": bwd, "full": fwd + bwd}[mode]
+
+    return Case(shape=shape, model=model, make=make, bytes_moved=bytes_moved)
+
+
+def _spectral_norm_cases(quick: bool, device: torch.device) -> list[Case]:
+    if quick:
+        return [_spectral_norm_case("SAGAN-size conv", [(512, 512 * 9)], True, "512x512x3x3"),
+                _spectral_norm_case("BigGAN-128 G+D, attention and ccbn layers",
+                                    [s for s in BIGGAN128_SN_SHAPES if s[0] * s[1] < 2**18],
+                                    True, "BigGAN-128 small layers")]
+    cases = []
+    for label, shapes in [("512x512x3x3", [(512, 512 * 9)]),
+                          ("1536x1536x3x3", [(1536, 1536 * 9)]),
+                          (f"BigGAN-128 G+D {len(BIGGAN128_SN_SHAPES)} layers",
+                           BIGGAN128_SN_SHAPES)]:
+        for grouped in ((True, False) if len(shapes) > 1 else (True,)):
+            cases.append(_spectral_norm_case("BigGAN-128 G+D" if len(shapes) > 1 else label,
+                                             shapes, grouped, label))
+    return cases
+
+
+register(
+    OpBench(
+        name="spectral_norm",
+        reference="fastgan.bench.cases:torch_spectral_norm_sigmas",
+        fused="fastgan.bench.cases:fastgan_spectral_norm_sigmas",
+        cases=_spectral_norm_cases,
+        # SN runs on the fp32 master weights (autocast leaves parameters in fp32).
+        dtypes=lambda device: [torch.float32],
     )
 )

@@ -11,7 +11,15 @@ import torch
 
 from ..backend import runnable
 from .cases import Case, OpBench
-from .timing import Budget, InputSet, Timing, build_step, rotation_sets, time_step
+from .timing import (
+    Budget,
+    InputSet,
+    Timing,
+    build_step,
+    count_gpu_launches,
+    rotation_sets,
+    time_step,
+)
 
 EAGER = "eager"
 COMPILE = "compile"
@@ -111,9 +119,12 @@ def measure(
     device: torch.device,
     dtype: torch.dtype,
     budget: Budget,
-) -> Timing:
-    """prepare() then time_step(); the input sets and graphs are freed when this returns."""
-    return time_step(prepare(fn, eager, case, mode, device, dtype), device, budget)
+) -> tuple[Timing, int | None]:
+    """prepare() then time_step(), and on CUDA the GPU launches of one step; the input sets and
+    graphs are freed when this returns."""
+    step = prepare(fn, eager, case, mode, device, dtype)
+    timing = time_step(step, device, budget)
+    return timing, count_gpu_launches(step, device)
 
 
 def first_line(exc: BaseException) -> str:

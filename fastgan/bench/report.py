@@ -53,6 +53,7 @@ class Measurement:
     shape: str
     timing: Timing
     bytes: int
+    launches: int | None = None  # GPU kernels (+ copies) one iteration queues, CUDA only
 
 
 def _cpu_model() -> str:
@@ -166,6 +167,8 @@ def measurement_rows(
         rows.append(_row(info, *key, "time_ms", t.p50, t.p20, t.p80))
         rows.append(_row(info, *key, "gbps", *gbps))
         rows.append(_row(info, *key, "frac_of_copy_bw", *(g / roof.copy_gbps for g in gbps)))
+        if m.launches is not None:
+            rows.append(_row(info, *key, "launches", m.launches, m.launches, m.launches))
         for base in ("eager", "compile"):
             base_t = by_key.get((m.op, base, m.mode, m.dtype, m.shape))
             if base_t is not None and m.provider != base:
@@ -200,7 +203,7 @@ def format_table(rows: Sequence[dict[str, str]]) -> str:
             key = (r["op"], r["shape"], r["dtype"], r["mode"], r["provider"])
             metrics.setdefault(key, {})[r["metric"]] = r
     header = ("op", "shape", "dtype", "mode", "provider", "ms p50", "[p20, p80]", "GB/s",
-              "% copy", "vs eager", "vs compile")
+              "% copy", "vs eager", "vs compile", "launches")
     lines = [header]
     for key, m in metrics.items():
         t = m["time_ms"]
@@ -210,6 +213,7 @@ def format_table(rows: Sequence[dict[str, str]]) -> str:
             _fmt(m.get("frac_of_copy_bw", {}).get("p50"), ".0f", 100, "%"),
             _fmt(m.get("speedup_vs_eager", {}).get("p50"), ".2f", suffix="x"),
             _fmt(m.get("speedup_vs_compile", {}).get("p50"), ".2f", suffix="x"),
+            _fmt(m.get("launches", {}).get("p50"), ".0f"),
         ))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     numeric = set(range(5, len(header)))

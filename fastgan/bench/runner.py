@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .cases import DTYPE_NAMES, REGISTRY, Case, OpBench, dtypes_for, get_op
+from .cases import DTYPE_NAMES, REGISTRY, Case, OpBench, get_op
 from .plot import have_matplotlib, plot_op
 from .providers import COMPILE, Provider, Skip, first_line, measure, providers_for
 from .report import (
@@ -99,7 +99,7 @@ def run_op(
     """Time every (dtype, case, provider, mode) of op; errors become Skips, never a crash."""
     eager = op.reference_fn()
     provs, skips = providers_for(op, device)
-    dtypes, cases = dtypes_for(device), op.cases(quick, device)
+    dtypes, cases = op.dtypes_on(device), op.cases(quick, device)
     progress = Progress(len(dtypes) * len(cases) * len(provs) * len(modes))
     try:
         out = _run(op, eager, provs, skips, dtypes, cases, device, modes, budget, progress)
@@ -137,7 +137,7 @@ def _run(
                 for i, mode in enumerate(modes):
                     progress.start(f"{op.name} {dname} {case.shape} {prov.name} {mode}")
                     try:
-                        timing = measure(fn, eager, case, mode, device, dtype, budget)
+                        timing, launches = measure(fn, eager, case, mode, device, dtype, budget)
                     except Exception as e:
                         where = f"{dname} {case.shape} {mode}"
                         # torch.compile failing (no C++ compiler, ...) is the environment's
@@ -150,7 +150,7 @@ def _run(
                         break
                     elem = torch.empty((), dtype=dtype).element_size()
                     out.append(Measurement(op.name, prov.name, mode, dname, case.shape, timing,
-                                           case.bytes_moved(mode, elem)))
+                                           case.bytes_moved(mode, elem), launches))
                     progress.advance()
     return out
 

@@ -197,6 +197,23 @@ def time_step(
     return _time_cpu(step, budget)
 
 
+def count_gpu_launches(step: Callable[[int], Any], device: torch.device) -> int | None:
+    """The GPU work items (kernels, memcpys, memsets) one step(0) queues, from the profiler;
+    None on CPU or when the profiler cannot see the GPU."""
+    if device.type != "cuda":
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize(device)
+    try:
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            step(0)
+            torch.cuda.synchronize(device)
+    except RuntimeError:  # e.g. CUPTI unavailable
+        return None
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+
+
 def benchmark(
     fn: Callable[..., torch.Tensor],
     sets: Sequence[InputSet],

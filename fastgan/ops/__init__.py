@@ -2,5 +2,7 @@
 
 from .batch_norm import cond_batch_norm
 from .pixel_shuffle import pixel_shuffle_act
+from .spectral_norm import spectral_norm_power_iteration, spectral_norm_power_iteration_grouped
 
-__all__ = ["cond_batch_norm", "pixel_shuffle_act"]
+__all__ = ["cond_batch_norm", "pixel_shuffle_act", "spectral_norm_power_iteration",
+           "spectral_norm_power_iteration_grouped"]
