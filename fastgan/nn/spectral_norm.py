@@ -165,6 +165,10 @@ class SpectralNormState:
                                                           update=False)
         state_dict[orig], state_dict[u_key], state_dict[v_key] = weight, u, v
 
+    def load_hook(self, state_dict: dict, prefix: str, *args) -> None:
+        """The module's load_state_dict pre-hook (a method, so that the module pickles)."""
+        self.convert_state_dict(state_dict, prefix)
+
     # -- the forward pre-hook of modules without a fused SN class
     def __call__(self, module: nn.Module, inputs) -> None:
         setattr(module, self.name, self.normalized(module, self.sigma(module)))
@@ -190,10 +194,7 @@ class _SpectralNormLayer:
                   num_svs: int = 1) -> None:
         self._sn = SpectralNormState("weight", n_power_iterations, eps, dim, backend, num_svs)
         self._sn.register(self)
-        self._register_load_state_dict_pre_hook(self._sn_convert, with_module=False)
-
-    def _sn_convert(self, state_dict, prefix, *args) -> None:
-        self._sn.convert_state_dict(state_dict, prefix)
+        self._register_load_state_dict_pre_hook(self._sn.load_hook)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -383,13 +384,12 @@ def spectral_norm(module: nn.Module, name: str = "weight", n_power_iterations: i
             state.register(module)
             module.__class__ = fused
             module._sn = state
-            module._register_load_state_dict_pre_hook(module._sn_convert, with_module=False)
+            module._register_load_state_dict_pre_hook(state.load_hook)
             return module
     state = SpectralNormState(name, n_power_iterations, eps, dim, backend)
     state.register(module)
     # Until the first forward, module.<name> aliases the parameter, as with torch's hook.
     setattr(module, name, state.weight_orig(module).detach())
     module.register_forward_pre_hook(state)
-    module._register_load_state_dict_pre_hook(
-        lambda state_dict, prefix, *args: state.convert_state_dict(state_dict, prefix))
+    module._register_load_state_dict_pre_hook(state.load_hook)
     return module

@@ -43,6 +43,13 @@ LAYERS = [
 ]
 
 
+class ScaledLinear(nn.Linear):
+    """A Linear subclass with its own forward: not one of SN_CLASSES."""
+
+    def forward(self, x):
+        return 2 * F.linear(x, self.weight, self.bias)
+
+
 def _pair(factory, seed=0, **kwargs):
     """The same layer twice: torch.nn.utils.spectral_norm on one, fastgan's on the other, with the
     same u, v draws."""
@@ -104,13 +111,8 @@ def test_layer_matches_torch_spectral_norm(backend, name, factory, make_input):
 def test_generic_module_gets_torchs_hook_design():
     """A module outside SN_CLASSES (here a subclass with its own forward) is normalised through
     a forward pre-hook that sets module.weight = W / sigma, as torch's."""
-
-    class Scaled(nn.Linear):
-        def forward(self, x):
-            return 2 * F.linear(x, self.weight, self.bias)
-
-    ours, theirs = _pair(lambda: Scaled(6, 4))
-    assert type(ours) is Scaled
+    ours, theirs = _pair(lambda: ScaledLinear(6, 4))
+    assert type(ours) is ScaledLinear
     _train_steps(ours, theirs, lambda: torch.randn(3, 6))
 
 
@@ -171,6 +173,24 @@ def test_state_dict_loads_into_torch_and_back():
     back.load_state_dict(fresh.state_dict())
     back.eval()
     torch.testing.assert_close(back(x), ours(x), rtol=1e-5, atol=1e-6)
+
+
+def test_pickle_and_deepcopy(tmp_path):
+    """Whole models (torch.save without weights_only) keep the SN state, and the fused layers
+    deep-copy after a forward (torch's hook design cannot: its module.weight is not a leaf)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(spectral_norm(nn.Conv2d(3, 4, 3)), nn.Flatten(),
+                          spectral_norm(ScaledLinear(4 * 3 * 3, 2)))
+    x = torch.randn(2, 3, 5, 5)
+    model(x)
+    torch.save(model, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    _assert_same_state(loaded, model, 0)
+    torch.testing.assert_close(loaded(x), model(x))  # both update u, v the same way
+    _assert_same_state(loaded, model, 0)
+    conv = copy.deepcopy(model[0])
+    _assert_same_state(conv, model[0], 0)
+    torch.testing.assert_close(conv(x), model[0](x))
 
 
 def test_loads_parametrizations_layout():
