@@ -220,3 +220,23 @@ def test_torch_compile_fullgraph_with_group():
         for p, q in zip(model.parameters(), ref.parameters()):
             torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-5)
         _assert_same(model, ref)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_group_equals_per_layer_torch(backend):
+    skip_unless_runnable(backend, "cuda", torch.float32, DTYPES)
+    theirs, _, grouped = _models(backend)
+    theirs.cuda()
+    grouped.cuda()
+    SpectralNormGroup(grouped)
+    for step in range(3):
+        x = torch.randn(2, 3, 8, 8, device="cuda")
+        y = torch.tensor([1, 4], device="cuda")
+        outs = [m(x, y, aux=step == 1) for m in (theirs, grouped)]
+        for o in outs:
+            o.sum().backward()
+        torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+        for p, q in zip(grouped.parameters(), theirs.parameters()):
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-5)
+        _assert_same(grouped, theirs)

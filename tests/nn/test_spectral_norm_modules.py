@@ -363,3 +363,38 @@ def test_gradcheck_float64_eval(backend, factory, make_input):
     args = (x, *(p.detach().clone().requires_grad_(True) for p in (layer.weight_orig, layer.bias)))
     assert torch.autograd.gradcheck(fn, args)
     assert torch.autograd.gradgradcheck(fn, args)
+
+
+# --- GPU -----------------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("name,factory,make_input", [LAYERS[0], LAYERS[7], LAYERS[9], LAYERS[11]],
+                         ids=["conv2d", "convtranspose2d", "linear", "embedding"])
+def test_gpu_layer_matches_torch(backend, name, factory, make_input):
+    skip_unless_runnable(backend, "cuda", torch.float32, DTYPES)
+    ours, theirs = _pair(factory, backend=backend)
+    ours.cuda()
+    theirs.cuda()
+    _train_steps(ours, theirs, lambda: make_input().cuda())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_gpu_autocast(backend, dtype):
+    """The case pytorch#125544 breaks (parametrized spectral norm under CUDA autocast): the
+    power iteration stays float32 and matches torch's float32 iteration."""
+    skip_unless_runnable(backend, "cuda", torch.float32, DTYPES)
+    ours, theirs = _pair(lambda: nn.Conv2d(16, 32, 3, padding=1), backend=backend)
+    ours.cuda()
+    theirs.cuda()
+    x = torch.randn(4, 16, 16, 16, device="cuda")
+    with torch.autocast("cuda", dtype=dtype):
+        y = ours(x)
+    y_ref = theirs(x)  # float32, outside autocast
+    assert y.dtype == dtype and ours.weight_u.dtype == torch.float32
+    torch.testing.assert_close(ours.weight_u, theirs.weight_u, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(y.float(), y_ref, rtol=3e-2, atol=3e-2)
+    y.float().square().mean().backward()
+    assert ours.weight_orig.grad.dtype == torch.float32
