@@ -47,6 +47,16 @@ TORCH_LIBRARY(fastgan, m) {
   m.def(
       "sn_power_iteration(Tensor[] weights, Tensor(a!)[] us, Tensor(b!)[] vs, "
       "int n_power_iterations, float eps) -> Tensor");
+
+  // The attention core of self_attention2d (contract: fastgan/ops/self_attention/README.md):
+  // q [B, N, D], k [B, M, D], v [B, M, E], any strides, one dtype. o = softmax(scale q k^T) v
+  // [B, N, E] in q's dtype and lse [B, N] (float32; float64 for float64), the log-sum-exp of each
+  // query's scores; the [N, M] matrix is never stored.
+  m.def("self_attention_core_fwd(Tensor q, Tensor k, Tensor v, float scale) -> (Tensor o, Tensor lse)");
+  // Gradients of o w.r.t. q, k and v, recomputing the attention block by block from lse.
+  m.def(
+      "self_attention_core_bwd(Tensor grad_o, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, "
+      "float scale) -> (Tensor grad_q, Tensor grad_k, Tensor grad_v)");
 }
 
 // `import fastgan._C` loads this library, which runs the registrations above. The module also

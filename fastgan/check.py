@@ -15,11 +15,13 @@ from . import backend as _backend
 from .ops import (
     cond_batch_norm,
     pixel_shuffle_act,
+    self_attention2d,
     spectral_norm_power_iteration,
     spectral_norm_power_iteration_grouped,
 )
 from .ops.batch_norm import DTYPES as _COND_BATCH_NORM_DTYPES
 from .ops.pixel_shuffle import DTYPES as _PIXEL_SHUFFLE_DTYPES
+from .ops.self_attention import DTYPES as _SELF_ATTENTION_DTYPES
 from .ops.spectral_norm import DTYPES as _SPECTRAL_NORM_DTYPES
 
 
@@ -36,6 +38,7 @@ class OpCheck:
     fn: Callable[..., torch.Tensor]  # takes backend=
     samples: Callable[[torch.device, torch.dtype], Iterator[Sample]]
     dtypes: dict
+    tolerance: dict | None = None  # per dtype, overriding _TOLERANCE
 
 
 @dataclass
@@ -100,6 +103,20 @@ def _spectral_norm_samples(device: torch.device, dtype: torch.dtype) -> Iterator
                  ("u0", "u1", "u2", "v0", "v1", "v2"))
 
 
+def _self_attention_samples(device: torch.device, dtype: torch.dtype) -> Iterator[Sample]:
+    def t(*shape, s=1.0):
+        return s * torch.randn(*shape, device=device, dtype=dtype)
+
+    c = 32
+    yield Sample("biggan 32ch 9x7 pool 2", (t(2, c, 9, 7),),
+                 dict(w_query=t(4, c, s=0.2), w_key=t(4, c, s=0.2), w_value=t(16, c, s=0.2),
+                      gamma=t(1).reshape(()), w_out=t(c, 16, s=0.25)))
+    yield Sample("sagan 16ch 6x6 channels_last", (t(1, 16, 6, 6).contiguous(
+        memory_format=torch.channels_last),),
+                 dict(w_query=t(2, 16, s=0.25), w_key=t(2, 16, s=0.25), w_value=t(16, 16, s=0.25),
+                      gamma=t(1), b_query=t(2), b_key=t(2), b_value=t(16), pool=1))
+
+
 def _spectral_norm(weight_mat, *more, backend=None, **kwargs):
     """One weight, or (weights, u0.., v0..) as the grouped op."""
     if not more:
@@ -116,6 +133,10 @@ CHECKS: dict[str, OpCheck] = {
                                _COND_BATCH_NORM_DTYPES),
     "spectral_norm_power_iteration": OpCheck(_spectral_norm, _spectral_norm_samples,
                                              _SPECTRAL_NORM_DTYPES),
+    # The softmax backward's dP - delta cancels: fp32 attention gradients (the reference's own
+    # included) are a few 1e-5 from float64.
+    "self_attention2d": OpCheck(self_attention2d, _self_attention_samples,
+                                _SELF_ATTENTION_DTYPES, tolerance={torch.float32: 1e-4}),
 }
 
 # Absolute tolerance relative to the output's scale; low precision is compared with a float64
@@ -159,7 +180,7 @@ def run_checks(device: torch.device, dtypes: list[torch.dtype] | None = None,
                     ok, _ = _backend.runnable(name, device, dtype, check.dtypes.get(name))
                     if not ok:
                         continue
-                    tol = _TOLERANCE[dtype]
+                    tol = (check.tolerance or _TOLERANCE).get(dtype, _TOLERANCE[dtype])
                     try:
                         got = _run(check, sample, name)
                         err = max(_scaled_error(g, e) for g, e in zip(got, expected))

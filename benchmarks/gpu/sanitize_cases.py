@@ -13,7 +13,12 @@ import itertools
 
 import torch
 
-from fastgan.ops import cond_batch_norm, pixel_shuffle_act, spectral_norm_power_iteration_grouped
+from fastgan.ops import (
+    cond_batch_norm,
+    pixel_shuffle_act,
+    self_attention2d,
+    spectral_norm_power_iteration_grouped,
+)
 
 
 def _input(shape, layout: str, dtype: torch.dtype) -> torch.Tensor:
@@ -96,7 +101,34 @@ def spectral_norm_cases() -> int:
     return count
 
 
+def self_attention_cases() -> int:
+    """Both layouts through odd sizes (blocks that end mid-tile), q/k widths 2-24, value widths
+    16-192, channels_last, every dtype; forward and backward."""
+    count = 0
+    for (b, c, h, w), layout, fmt, dtype in itertools.product(
+            [(1, 16, 3, 5), (2, 96, 9, 7), (1, 192, 16, 16), (2, 64, 17, 15)],
+            ("biggan", "sagan"), ("nchw", "channels_last"),
+            (torch.float32, torch.bfloat16, torch.float16)):
+        x = _input((b, c, h, w), fmt, dtype)
+        c_v = c // 2 if layout == "biggan" else c
+
+        def p(*shape):
+            return (0.2 * torch.randn(*shape, device="cuda")).to(dtype).requires_grad_(True)
+
+        kw = dict(w_query=p(c // 8, c), w_key=p(c // 8, c), w_value=p(c_v, c), gamma=p(1))
+        if layout == "biggan":
+            kw.update(w_out=p(c, c_v), pool=2)
+        else:
+            kw.update(b_query=p(c // 8), b_key=p(c // 8), b_value=p(c_v), pool=1)
+        y = self_attention2d(x, **kw, backend="cuda")
+        y.backward(torch.randn_like(y))
+        count += 1
+    torch.cuda.synchronize()
+    return count
+
+
 if __name__ == "__main__":
     print(f"pixel_shuffle_act: {pixel_shuffle_cases()} cuda fwd+bwd cases ran")
     print(f"cond_batch_norm: {cond_batch_norm_cases()} cuda fwd+bwd cases ran")
     print(f"spectral_norm: {spectral_norm_cases()} cuda grouped power-iteration cases ran")
+    print(f"self_attention2d: {self_attention_cases()} cuda fwd+bwd cases ran")

@@ -35,6 +35,7 @@ class Case:
     model: str
     make: Callable[[torch.device, torch.dtype], InputSet]
     bytes_moved: Callable[[str, int], int]  # (mode, element size) -> bytes read + written
+    flops: Callable[[str], int] | None = None  # mode -> floating-point operations (matmul-bound ops)
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,9 @@ class OpBench:
     cases: Callable[[bool, torch.device], list[Case]]  # (quick, device) -> cases
     backends: tuple[str, ...] = ("cuda", "triton", "cpu")
     dtypes: Callable[[torch.device], list[torch.dtype]] | None = None  # default: dtypes_for
+    # More baselines beside eager and compile: (provider name, "module:attr" taking the same
+    # keyword arguments as the reference).
+    extra_providers: tuple[tuple[str, str], ...] = ()
 
     def dtypes_on(self, device: torch.device) -> list[torch.dtype]:
         return (self.dtypes or dtypes_for)(device)
@@ -324,5 +328,87 @@ register(
         cases=_spectral_norm_cases,
         # SN runs on the fp32 master weights (autocast leaves parameters in fp32).
         dtypes=lambda device: [torch.float32],
+    )
+)
+
+
+# ---------------------------------------------------------------- self_attention2d
+
+
+def sdpa_self_attention2d(x, w_query, w_key, w_value, gamma, w_out=None, b_query=None, b_key=None,
+                          b_value=None, b_out=None, pool=2, scale=1.0):
+    """The block with its core written as F.scaled_dot_product_attention (one head, scale=1.0):
+    what a PyTorch user reaches for first. Its fused kernels need equal q/k/v head dims, so on
+    SAGAN/BigGAN shapes it mostly falls back to the math (N x M) path."""
+    from ..ops.self_attention.reference import project
+
+    b, c, h, w = x.shape
+    q = project(x, w_query, b_query)
+    k, v = project(x, w_key, b_key), project(x, w_value, b_value)
+    if pool > 1:
+        k, v = torch.nn.functional.max_pool2d(k, pool), torch.nn.functional.max_pool2d(v, pool)
+    q, k, v = (t.flatten(2).transpose(1, 2)[:, None] for t in (q, k, v))  # [B, 1, L, C]
+    o = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
+    o = o[:, 0].transpose(1, 2).reshape(b, -1, h, w)
+    out = project(o, w_out, b_out) if w_out is not None else o
+    return gamma * out + x
+
+
+def _self_attention_case(model: str, b: int, c: int, hw: int, layout: str) -> Case:
+    pool = 2 if layout == "biggan" else 1
+    c_qk, c_v = c // 8, (c // 2 if layout == "biggan" else c)
+    n, m = hw * hw, (hw // pool) ** 2
+    shape = f"{b}x{c}x{hw}x{hw} {layout}"
+
+    def make(device: torch.device, dtype: torch.dtype) -> InputSet:
+        def t(*size, s=1.0):
+            return (s * torch.randn(*size, device=device)).to(dtype).requires_grad_()
+
+        x = t(b, c, hw, hw)
+        kw: dict[str, Any] = dict(x=x, w_query=t(c_qk, c, s=c ** -0.5),
+                                  w_key=t(c_qk, c, s=c ** -0.5), w_value=t(c_v, c, s=c ** -0.5),
+                                  gamma=t(1, s=0.5).reshape(()).detach().requires_grad_(),
+                                  pool=pool)
+        if layout == "biggan":
+            kw["w_out"] = t(c, c_v, s=c_v ** -0.5)
+        else:
+            kw.update(b_query=t(c_qk), b_key=t(c_qk), b_value=t(c_v))
+        return InputSet(kwargs=kw, leaves=[v for v in kw.values() if isinstance(v, torch.Tensor)])
+
+    def core_flops(mode: str) -> int:
+        fwd = 2 * b * n * m * (c_qk + c_v)  # scores, then attention times value
+        bwd = 2 * fwd + 2 * b * n * m * c_qk  # recompute scores; dV, dP; dQ, dK
+        return {"fwd": fwd, "bwd": bwd, "full": fwd + bwd}[mode]
+
+    def bytes_moved(mode: str, elem: int) -> int:
+        # x, y and the projections once each way; the floor of an attention block that never
+        # stores its [N, M] matrix.
+        act = b * n * (2 * c + 2 * c_qk + c_v) + b * m * (c_qk + c_v)
+        return {"fwd": act * elem, "bwd": 2 * act * elem, "full": 3 * act * elem}[mode]
+
+    return Case(shape=shape, model=model, make=make, bytes_moved=bytes_moved, flops=core_flops)
+
+
+def _self_attention_cases(quick: bool, device: torch.device) -> list[Case]:
+    if quick:
+        return [_self_attention_case("BigGAN D attention", 2, 96, 32, "biggan")]
+    if device.type == "cuda":
+        return [_self_attention_case("BigGAN-128 G attention", 64, 192, 64, "biggan"),
+                _self_attention_case("BigGAN-128 D attention", 64, 96, 64, "biggan"),
+                _self_attention_case("SAGAN-128 attention", 16, 64, 64, "sagan"),
+                _self_attention_case("SAGAN-128 attention", 4, 64, 128, "sagan")]
+    # CPU: the same blocks at a batch that keeps eager's N x M matrices (and a full run) small.
+    return [_self_attention_case("BigGAN-128 G attention", 4, 192, 64, "biggan"),
+            _self_attention_case("BigGAN-128 D attention", 4, 96, 64, "biggan"),
+            _self_attention_case("SAGAN-128 attention", 2, 64, 64, "sagan")]
+
+
+register(
+    OpBench(
+        name="self_attention",
+        reference="fastgan.ops.self_attention.reference:self_attention2d_reference",
+        fused="fastgan.ops:self_attention2d",
+        cases=_self_attention_cases,
+        extra_providers=(("sdpa", "fastgan.bench.cases:sdpa_self_attention2d"),),
     )
 )

@@ -10,13 +10,14 @@ from dataclasses import dataclass
 import torch
 
 from ..backend import runnable
-from .cases import Case, OpBench
+from .cases import Case, OpBench, _resolve
 from .timing import (
     Budget,
     InputSet,
     Timing,
     build_step,
     count_gpu_launches,
+    peak_gpu_bytes,
     rotation_sets,
     time_step,
 )
@@ -55,6 +56,7 @@ def providers_for(op: OpBench, device: torch.device) -> tuple[list[Provider], li
     provs = [
         Provider(EAGER, op.reference_fn),
         Provider(COMPILE, functools.partial(_compiled, op)),
+        *(Provider(name, functools.partial(_resolve, path)) for name, path in op.extra_providers),
     ]
     skips: list[Skip] = []
     for name in op.backends:
@@ -119,12 +121,12 @@ def measure(
     device: torch.device,
     dtype: torch.dtype,
     budget: Budget,
-) -> tuple[Timing, int | None]:
-    """prepare() then time_step(), and on CUDA the GPU launches of one step; the input sets and
-    graphs are freed when this returns."""
+) -> tuple[Timing, int | None, int | None]:
+    """prepare() then time_step(), and on CUDA the GPU launches and the peak extra memory of one
+    step; the input sets and graphs are freed when this returns."""
     step = prepare(fn, eager, case, mode, device, dtype)
     timing = time_step(step, device, budget)
-    return timing, count_gpu_launches(step, device)
+    return timing, count_gpu_launches(step, device), peak_gpu_bytes(step, device)
 
 
 def first_line(exc: BaseException) -> str:

@@ -54,6 +54,8 @@ class Measurement:
     timing: Timing
     bytes: int
     launches: int | None = None  # GPU kernels (+ copies) one iteration queues, CUDA only
+    flops: int | None = None  # for matmul-bound ops: the operations one iteration does
+    peak_bytes: int | None = None  # CUDA only: peak memory one iteration allocates
 
 
 def _cpu_model() -> str:
@@ -169,6 +171,15 @@ def measurement_rows(
         rows.append(_row(info, *key, "frac_of_copy_bw", *(g / roof.copy_gbps for g in gbps)))
         if m.launches is not None:
             rows.append(_row(info, *key, "launches", m.launches, m.launches, m.launches))
+        if m.peak_bytes is not None:
+            mb = m.peak_bytes / 2**20
+            rows.append(_row(info, *key, "peak_mem_mb", mb, mb, mb))
+        if m.flops is not None:
+            tflops = _inverse(m.flops / 1e9, t)
+            rows.append(_row(info, *key, "tflops", *tflops))
+            ceiling = roof.matmul_tflops(m.dtype)
+            if ceiling:
+                rows.append(_row(info, *key, "frac_of_matmul", *(f / ceiling for f in tflops)))
         for base in ("eager", "compile"):
             base_t = by_key.get((m.op, base, m.mode, m.dtype, m.shape))
             if base_t is not None and m.provider != base:

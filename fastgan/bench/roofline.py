@@ -57,6 +57,11 @@ class Roofline:
     def copy_gbps(self) -> float:
         return self.copy.gbps
 
+    def matmul_tflops(self, dtype: str) -> float | None:
+        """The probed matmul rate for ``dtype`` ("fp32", "bf16", ...), else None."""
+        rates = [m.tflops for m in self.matmul if m.dtype == dtype]
+        return rates[0] if rates else None
+
     def summary(self) -> str:
         mm = ", ".join(f"matmul {m.dtype} {m.tflops:.2f} TFLOP/s" for m in self.matmul)
         return f"copy {self.copy_gbps:.1f} GB/s, {mm}"

@@ -137,7 +137,8 @@ def _run(
                 for i, mode in enumerate(modes):
                     progress.start(f"{op.name} {dname} {case.shape} {prov.name} {mode}")
                     try:
-                        timing, launches = measure(fn, eager, case, mode, device, dtype, budget)
+                        timing, launches, peak = measure(fn, eager, case, mode, device, dtype,
+                                                         budget)
                     except Exception as e:
                         where = f"{dname} {case.shape} {mode}"
                         # torch.compile failing (no C++ compiler, ...) is the environment's
@@ -149,8 +150,9 @@ def _run(
                         progress.advance(len(modes) - i)
                         break
                     elem = torch.empty((), dtype=dtype).element_size()
+                    flops = case.flops(mode) if case.flops is not None else None
                     out.append(Measurement(op.name, prov.name, mode, dname, case.shape, timing,
-                                           case.bytes_moved(mode, elem), launches))
+                                           case.bytes_moved(mode, elem), launches, flops, peak))
                     progress.advance()
     return out
 

@@ -214,6 +214,19 @@ def count_gpu_launches(step: Callable[[int], Any], device: torch.device) -> int 
     return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
 
 
+def peak_gpu_bytes(step: Callable[[int], Any], device: torch.device) -> int | None:
+    """Peak CUDA memory one step(0) allocates beyond what was live before it; None on CPU."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    result = step(0)
+    torch.cuda.synchronize(device)
+    del result
+    return torch.cuda.max_memory_allocated(device) - base
+
+
 def benchmark(
     fn: Callable[..., torch.Tensor],
     sets: Sequence[InputSet],

@@ -1,0 +1,141 @@
+"""SelfAttention2d against re-implementations of the upstream modules it replaces (BigGAN-PyTorch's
+Attention with its SN layers, SAGAN's Self_Attn): checkpoints load, outputs and grads agree."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastgan.nn import SelfAttention2d
+from fastgan.ops.self_attention import DTYPES
+from tests.utils import skip_unless_runnable
+
+BACKENDS = ["reference", "cpu", "triton"]
+
+
+class UpstreamSNConv2d(nn.Conv2d):
+    """BigGAN-PyTorch's SNConv2d (num_svs=1, num_itrs=1): buffers u0 [1, out] and sv0 [1], W / sv
+    from one power iteration per forward, u0 updated in training."""
+
+    def __init__(self, *args, eps=1e-12, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eps = eps
+        self.register_buffer("u0", torch.randn(1, self.out_channels))
+        self.register_buffer("sv0", torch.ones(1))
+
+    def forward(self, x):
+        w = self.weight.view(self.weight.size(0), -1)
+        with torch.no_grad():
+            v = F.normalize(self.u0 @ w, eps=self.eps)
+            u = F.normalize(v @ w.t(), eps=self.eps)
+            if self.training:
+                self.u0[:] = u
+        sv = torch.squeeze((v @ w.t()) @ u.t())
+        if self.training:
+            self.sv0[:] = sv.detach()
+        return F.conv2d(x, self.weight / sv, self.bias, self.stride, self.padding)
+
+
+class UpstreamBigGANAttention(nn.Module):
+    """BigGAN-PyTorch's layers.Attention, as its forward computes."""
+
+    def __init__(self, ch):
+        super().__init__()
+        self.ch = ch
+        self.theta = UpstreamSNConv2d(ch, ch // 8, 1, bias=False)
+        self.phi = UpstreamSNConv2d(ch, ch // 8, 1, bias=False)
+        self.g = UpstreamSNConv2d(ch, ch // 2, 1, bias=False)
+        self.o = UpstreamSNConv2d(ch // 2, ch, 1, bias=False)
+        self.gamma = nn.Parameter(torch.tensor(0.0))
+
+    def forward(self, x):
+        theta = self.theta(x)
+        phi = F.max_pool2d(self.phi(x), [2, 2])
+        g = F.max_pool2d(self.g(x), [2, 2])
+        theta = theta.view(-1, self.ch // 8, x.shape[2] * x.shape[3])
+        phi = phi.view(-1, self.ch // 8, x.shape[2] * x.shape[3] // 4)
+        g = g.view(-1, self.ch // 2, x.shape[2] * x.shape[3] // 4)
+        beta = F.softmax(torch.bmm(theta.transpose(1, 2), phi), -1)
+        o = self.o(torch.bmm(g, beta.transpose(1, 2)).view(-1, self.ch // 2, x.shape[2],
+                                                            x.shape[3]))
+        return self.gamma * o + x
+
+
+class UpstreamSelfAttn(nn.Module):
+    """SAGAN's Self_Attn (heykeetae/Self-Attention-GAN), returning (out, attention)."""
+
+    def __init__(self, in_dim):
+        super().__init__()
+        self.query_conv = nn.Conv2d(in_dim, in_dim // 8, 1)
+        self.key_conv = nn.Conv2d(in_dim, in_dim // 8, 1)
+        self.value_conv = nn.Conv2d(in_dim, in_dim, 1)
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        b, c, w, h = x.size()
+        proj_query = self.query_conv(x).view(b, -1, w * h).permute(0, 2, 1)
+        proj_key = self.key_conv(x).view(b, -1, w * h)
+        attention = torch.softmax(torch.bmm(proj_query, proj_key), dim=-1)
+        proj_value = self.value_conv(x).view(b, -1, w * h)
+        out = torch.bmm(proj_value, attention.permute(0, 2, 1)).view(b, c, w, h)
+        return self.gamma * out + x, attention
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_biggan_layout_loads_upstream_and_matches(backend):
+    skip_unless_runnable(backend, "cpu", torch.float32, DTYPES)
+    torch.manual_seed(0)
+    upstream = UpstreamBigGANAttention(32)
+    with torch.no_grad():
+        upstream.gamma.fill_(0.7)
+    ours = SelfAttention2d(32, "biggan", backend=backend)
+    ours.load_state_dict(upstream.state_dict())
+    for step in range(2):  # training forwards: both update u the same way
+        x = torch.randn(2, 32, 8, 6)
+        y_up, y = upstream(x), ours(x)
+        torch.testing.assert_close(y, y_up, rtol=1e-4, atol=1e-5)
+        y_up.square().mean().backward()
+        y.square().mean().backward()
+        torch.testing.assert_close(ours.gamma.grad, upstream.gamma.grad, rtol=1e-4, atol=1e-5)
+        for name in ("theta", "phi", "g", "o"):
+            torch.testing.assert_close(getattr(ours, name).weight_orig.grad,
+                                       getattr(upstream, name).weight.grad, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(getattr(ours, name).weight_u,
+                                       getattr(upstream, name).u0[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sagan_layout_loads_upstream_and_matches(backend):
+    skip_unless_runnable(backend, "cpu", torch.float32, DTYPES)
+    torch.manual_seed(0)
+    upstream = UpstreamSelfAttn(16)
+    with torch.no_grad():
+        upstream.gamma.fill_(0.5)
+    ours = SelfAttention2d(16, "sagan", backend=backend)
+    assert sorted(ours.state_dict()) == sorted(upstream.state_dict())
+    ours.load_state_dict(upstream.state_dict())
+    x = torch.randn(2, 16, 7, 5).requires_grad_(True)
+    x2 = x.detach().clone().requires_grad_(True)
+    y_up, attn_up = upstream(x)
+    y = ours(x2)
+    torch.testing.assert_close(y, y_up, rtol=1e-5, atol=1e-5)
+    y_up.sum().backward()
+    y.sum().backward()
+    torch.testing.assert_close(x2.grad, x.grad, rtol=1e-4, atol=1e-5)
+    for p, q in zip(ours.parameters(), upstream.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5)
+    y_ref, attn = ours(x2, return_attention=True)
+    torch.testing.assert_close(attn, attn_up, rtol=1e-5, atol=1e-6)
+
+
+def test_plain_convs_and_bad_input():
+    m = SelfAttention2d(64, "biggan", spectral_norm=False)
+    assert sorted(m.state_dict()) == ["g.weight", "gamma", "o.weight", "phi.weight",
+                                      "theta.weight"]
+    assert m.theta.weight.shape == (8, 64, 1, 1) and m.g.weight.shape == (32, 64, 1, 1)
+    with pytest.raises(ValueError, match="channels must be a positive multiple of 8"):
+        SelfAttention2d(12)
+    with pytest.raises(ValueError, match="layout must be one of"):
+        SelfAttention2d(16, "nonlocal")
