@@ -95,7 +95,11 @@ def check_against_eager(
     Also the first call of fn, so a torch.compile failure surfaces here. Grad mode stays on,
     as in the timed calls, so torch.compile does not build a second (no-grad) graph.
     """
-    torch.testing.assert_close(fn(**inputs.kwargs).detach(), eager(**inputs.kwargs).detach())
+    got, expected = fn(**inputs.kwargs).detach(), eager(**inputs.kwargs).detach()
+    # fp32 sums over thousands of terms (attention over 4096 keys) differ from eager's by more
+    # than assert_close's fp32 default in their last bits; the tests hold the exact bounds.
+    tol = dict(rtol=1e-4, atol=1e-4) if got.dtype == torch.float32 else {}
+    torch.testing.assert_close(got, expected, **tol)
 
 
 def prepare(
