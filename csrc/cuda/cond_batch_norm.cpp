@@ -10,26 +10,16 @@
 
 #include "../common/cond_batch_norm_checks.h"
 #include "cond_batch_norm.cuh"
+#include "glue.h"
 
 namespace fastgan {
 namespace {
 
 constexpr const char* kOp = "fastgan.cond_batch_norm (cuda)";
 
-DType to_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return DType::kFloat32;
-    case at::kHalf: return DType::kFloat16;
-    case at::kBFloat16: return DType::kBFloat16;
-    default:
-      TORCH_CHECK(false, kOp, ": x must be float32, float16 or bfloat16 on CUDA, got ", t,
-                  " (float64 runs on the cpu and reference backends)");
-  }
-}
+DType to_dtype(at::ScalarType t) { return cuda_glue::gpu_dtype(t, kOp, "x"); }
 
-void check_launch(cudaError_t err, const char* what) {
-  TORCH_CHECK(err == cudaSuccess, kOp, ": ", what, " failed: ", cudaGetErrorString(err));
-}
+void check_launch(cudaError_t err, const char* what) { cuda_glue::check_launch(err, kOp, what); }
 
 // Launcher arguments, holding contiguous mean / invstd alive until the launch is queued.
 struct Inputs {

@@ -8,6 +8,7 @@
 #include <tuple>
 
 #include "../common/self_attention_checks.h"
+#include "glue.h"
 #include "self_attention.cuh"
 
 namespace fastgan {
@@ -17,29 +18,18 @@ constexpr const char* kOp = "fastgan.self_attention_core (cuda)";
 // The kernels keep whole rows of q, k and v tiles in shared memory.
 constexpr int64_t kMaxDim = 256;
 
-DType to_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return DType::kFloat32;
-    case at::kHalf: return DType::kFloat16;
-    case at::kBFloat16: return DType::kBFloat16;
-    default:
-      TORCH_CHECK(false, kOp, ": q, k, v must be float32, float16 or bfloat16 on CUDA, got ", t,
-                  " (float64 runs on the cpu and reference backends)");
-  }
-}
-
 void check_launch(cudaError_t err, const char* what) {
   TORCH_CHECK(err != cudaErrorInvalidConfiguration, kOp, ": ", what,
               " kernels: these sizes do not fit this GPU (the smallest tiles need more shared "
               "memory per block than it has, or the grid is too large)");
-  TORCH_CHECK(err == cudaSuccess, kOp, ": ", what, " kernels failed: ", cudaGetErrorString(err));
+  cuda_glue::check_launch(err, kOp, what);
 }
 
 cuda::AttentionInputs make_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                   double scale) {
   check_attention_inputs(q, k, v);
   cuda::AttentionInputs in{};
-  in.dtype = to_dtype(q.scalar_type());
+  in.dtype = cuda_glue::gpu_dtype(q.scalar_type(), kOp, "q, k, v");
   TORCH_CHECK(q.size(2) <= kMaxDim && v.size(2) <= kMaxDim, kOp,
               ": the feature sizes D (q, k) and E (v) must be <= ", kMaxDim, ", got D = ",
               q.size(2), ", E = ", v.size(2));

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "../common/spectral_norm_checks.h"
+#include "glue.h"
 #include "spectral_norm.cuh"
 
 namespace fastgan {
@@ -15,25 +16,12 @@ namespace {
 
 constexpr const char* kOp = "fastgan.sn_power_iteration (cuda)";
 
-DType to_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return DType::kFloat32;
-    case at::kHalf: return DType::kFloat16;
-    case at::kBFloat16: return DType::kBFloat16;
-    default:
-      TORCH_CHECK(false, kOp, ": weights must be float32, float16 or bfloat16 on CUDA, got ", t,
-                  " (float64 runs on the cpu and reference backends)");
-  }
-}
-
-void check_launch(cudaError_t err, const char* what) {
-  TORCH_CHECK(err == cudaSuccess, kOp, ": ", what, " failed: ", cudaGetErrorString(err));
-}
+void check_launch(cudaError_t err, const char* what) { cuda_glue::check_launch(err, kOp, what); }
 
 at::Tensor sn_power_iteration_cuda(at::TensorList weights, at::TensorList us, at::TensorList vs,
                                    int64_t n_power_iterations, double eps) {
   check_sn_power_iteration_args(weights, us, vs, n_power_iterations, eps);
-  const DType dtype = to_dtype(weights[0].scalar_type());
+  const DType dtype = cuda_glue::gpu_dtype(weights[0].scalar_type(), kOp, "weights");
   const c10::cuda::CUDAGuard guard(weights[0].device());
   const int64_t L = static_cast<int64_t>(weights.size());
   std::vector<cuda::SnLayer> layers(weights.size());
