@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..ops import cond_batch_norm
+from .spectral_norm import spectral_norm as _spectral_norm
 
 __all__ = ["BatchNormAct2d", "ConditionalBatchNorm2d"]
 
@@ -163,9 +164,9 @@ class ConditionalBatchNorm2d(_RunningStats, nn.Module):
         if cond_dim is not None:
             self.gain = nn.Linear(cond_dim, num_features, bias=False, **factory)
             self.bias = nn.Linear(cond_dim, num_features, bias=False, **factory)
-            if spectral_norm:
-                self.gain = nn.utils.spectral_norm(self.gain)
-                self.bias = nn.utils.spectral_norm(self.bias)
+            if spectral_norm:  # fastgan's, so that the power iteration runs fused too
+                self.gain = _spectral_norm(self.gain, backend=backend)
+                self.bias = _spectral_norm(self.bias, backend=backend)
         else:
             if spectral_norm:
                 raise ValueError("fastgan.nn.ConditionalBatchNorm2d: spectral_norm applies to the "

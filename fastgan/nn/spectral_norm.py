@@ -38,10 +38,19 @@ class SpectralNormState:
     shares (the fused layers keep it as ``module._sn``; other modules as a forward pre-hook).
 
     ``pending`` is a sigma computed ahead by a SpectralNormGroup for the next call of the layer.
+    ``order``: "vu" iterates as torch.nn.utils.spectral_norm (v = normalize(W^T u), then
+    u = normalize(W v), on the fused op); "uv" as torch.nn.utils.parametrizations.spectral_norm
+    (u first, then v; sigma = u . W v), which fastgan.swap keeps for layers it takes over from
+    parametrizations, so that their numbers stay theirs (the u-first steps run as plain matrix-
+    vector products, the sigma and its gradient on the op; such layers are not grouped).
+    ``eval_iteration``: what eval mode does. "none" (torch): sigma from the stored u, v; "peek"
+    (BigGAN-PyTorch): one iteration on copies of u, v, which stay as they are; "update" (the
+    SAGAN reference code): iterates and stores as in training.
     """
 
     def __init__(self, name: str, n_power_iterations: int, eps: float, dim: int,
-                 backend: str | None, num_svs: int = 1) -> None:
+                 backend: str | None, num_svs: int = 1, order: str = "vu",
+                 eval_iteration: str = "none") -> None:
         if isinstance(n_power_iterations, bool) or not isinstance(n_power_iterations, int) \
                 or n_power_iterations < 0:
             raise ValueError(f"fastgan.nn.spectral_norm: n_power_iterations must be an int >= 0, "
@@ -52,7 +61,14 @@ class SpectralNormState:
             raise ValueError(f"fastgan.nn.spectral_norm: num_svs must be an int >= 1, got "
                              f"{num_svs!r}")
         self.name, self.n_power_iterations, self.eps = name, n_power_iterations, float(eps)
-        self.dim, self.backend, self.num_svs = dim, backend, num_svs
+        if order not in ("vu", "uv") or (order == "uv" and num_svs != 1):
+            raise ValueError(f"fastgan.nn.spectral_norm: order must be 'vu' or 'uv' (one singular "
+                             f"value), got {order!r}")
+        if eval_iteration not in ("none", "peek", "update"):
+            raise ValueError(f"fastgan.nn.spectral_norm: eval_iteration must be 'none', 'peek' or "
+                             f"'update', got {eval_iteration!r}")
+        self.dim, self.backend, self.num_svs, self.order = dim, backend, num_svs, order
+        self.eval_iteration = eval_iteration
         self.pending: torch.Tensor | None = None
         # torch's module.<name> is an alias of <name>_orig until the first forward (so weight
         # init code run after spectral_norm() still reaches the parameter), then W / sigma.
@@ -104,9 +120,19 @@ class SpectralNormState:
         u, v = self.vectors(module)
         if self.num_svs > 1:
             return self._multi_sv_sigma(module.training, weight, u, v)
-        n = self.n_power_iterations if module.training else 0
-        return spectral_norm_power_iteration(self.matrix(weight), u, v, n, self.eps,
-                                             backend=self.backend)
+        n = self.n_power_iterations
+        if not module.training and self.eval_iteration == "peek":
+            u, v, n = u.clone(), v.clone(), min(n, 1)  # BigGAN restarts from u on every step
+        elif not module.training and self.eval_iteration == "none":
+            n = 0
+        mat = self.matrix(weight)
+        if self.order == "uv" and n:
+            with torch.no_grad():
+                for _ in range(n):
+                    u.copy_(F.normalize(torch.mv(mat, v.to(mat.dtype)), dim=0, eps=self.eps))
+                    v.copy_(F.normalize(torch.mv(mat.t(), u.to(mat.dtype)), dim=0, eps=self.eps))
+            n = 0
+        return spectral_norm_power_iteration(mat, u, v, n, self.eps, backend=self.backend)
 
     def _multi_sv_sigma(self, training: bool, weight: torch.Tensor, u: torch.Tensor,
                         v: torch.Tensor) -> torch.Tensor:
@@ -191,8 +217,9 @@ class _SpectralNormLayer:
     _sn_raw: bool = False
 
     def _sn_setup(self, n_power_iterations: int, eps: float, dim: int, backend: str | None,
-                  num_svs: int = 1) -> None:
-        self._sn = SpectralNormState("weight", n_power_iterations, eps, dim, backend, num_svs)
+                  num_svs: int = 1, eval_iteration: str = "none") -> None:
+        self._sn = SpectralNormState("weight", n_power_iterations, eps, dim, backend, num_svs,
+                                     eval_iteration=eval_iteration)
         self._sn.register(self)
         self._register_load_state_dict_pre_hook(self._sn.load_hook)
 
@@ -239,12 +266,14 @@ def _sn_init(torch_cls, dim: int):
     """An __init__ taking torch_cls's arguments plus the spectral-norm ones."""
 
     def __init__(self, *args, n_power_iterations: int = 1, eps: float = 1e-12,
-                 num_svs: int = 1, backend: str | None = None, **kwargs) -> None:
+                 num_svs: int = 1, backend: str | None = None, eval_iteration: str = "none",
+                 **kwargs) -> None:
         torch_cls.__init__(self, *args, **kwargs)
-        self._sn_setup(n_power_iterations, eps, dim, backend, num_svs)
+        self._sn_setup(n_power_iterations, eps, dim, backend, num_svs, eval_iteration)
 
     __init__.__doc__ = (f"{torch_cls.__name__}'s arguments, then n_power_iterations, eps, "
-                        "num_svs (BigGAN's several singular values) and backend.")
+                        "num_svs (BigGAN's several singular values), backend and eval_iteration "
+                        "(SpectralNormState: 'none' as torch, 'peek' as BigGAN-PyTorch).")
     return __init__
 
 

@@ -27,7 +27,8 @@ __all__ = ["SpectralNormGroup"]
 def _states(module: nn.Module) -> list[SpectralNormState]:
     states = [module._sn] if isinstance(getattr(module, "_sn", None), SpectralNormState) else []
     states += [h for h in module._forward_pre_hooks.values() if isinstance(h, SpectralNormState)]
-    return [s for s in states if s.num_svs == 1]  # BigGAN's several-sv variant runs on its own
+    # BigGAN's several-sv variant and the parametrizations' iteration order run on their own.
+    return [s for s in states if s.num_svs == 1 and s.order == "vu"]
 
 
 class SpectralNormGroup:
@@ -71,8 +72,10 @@ class SpectralNormGroup:
     def _buckets(self) -> dict[tuple, list[int]]:
         buckets: dict[tuple, list[int]] = defaultdict(list)
         for i, (m, s) in enumerate(self.layers):
+            if not m.training and s.eval_iteration == "peek":
+                continue  # iterates on copies of its vectors: left to the layer itself
             w = s.weight_orig(m)
-            n = s.n_power_iterations if m.training else 0
+            n = s.n_power_iterations if m.training or s.eval_iteration == "update" else 0
             buckets[(w.device, w.dtype, n, s.eps, s.backend)].append(i)
         return buckets
 
