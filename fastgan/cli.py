@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     p_check.add_argument("--device", default=_default_device(), choices=["cpu", "cuda"])
     p_check.add_argument("--dtype", nargs="+", default=["float32"], choices=sorted(_DTYPES))
     p_check.add_argument("--op", nargs="+", default=None, help="ops to check (default: all)")
-    sub.add_parser("bench", help="benchmarks (fastgan bench --help)", add_help=False)
+    sub.add_parser("bench", help="benchmarks, --suite ops or models (fastgan bench --help)",
+                   add_help=False)
 
     if argv[:1] == ["bench"]:
         from .bench.runner import main as bench_main

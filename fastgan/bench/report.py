@@ -158,17 +158,23 @@ def roofline_rows(roof: Roofline, info: RunInfo) -> list[dict[str, str]]:
 
 
 def measurement_rows(
-    ms: Sequence[Measurement], roof: Roofline, info: RunInfo
+    ms: Sequence[Measurement], roof: Roofline | None, info: RunInfo
 ) -> list[dict[str, str]]:
-    """time_ms, gbps and frac_of_copy_bw for each measurement; speedups where a baseline ran."""
+    """time_ms, gbps and frac_of_copy_bw for each measurement; speedups where a baseline ran.
+
+    Without a roofline (the model suite) or bytes (a whole training step), no gbps / frac rows.
+    """
     by_key = {(m.op, m.provider, m.mode, m.dtype, m.shape): m.timing for m in ms}
     rows = []
     for m in ms:
         key, t = (m.op, m.provider, m.mode, m.dtype, m.shape), m.timing
-        gbps = _inverse(m.bytes / 1e6, t)
         rows.append(_row(info, *key, "time_ms", t.p50, t.p20, t.p80))
-        rows.append(_row(info, *key, "gbps", *gbps))
-        rows.append(_row(info, *key, "frac_of_copy_bw", *(g / roof.copy_gbps for g in gbps)))
+        if m.bytes:
+            gbps = _inverse(m.bytes / 1e6, t)
+            rows.append(_row(info, *key, "gbps", *gbps))
+            if roof is not None:
+                rows.append(_row(info, *key, "frac_of_copy_bw",
+                                 *(g / roof.copy_gbps for g in gbps)))
         if m.launches is not None:
             rows.append(_row(info, *key, "launches", m.launches, m.launches, m.launches))
         if m.peak_bytes is not None:
@@ -177,7 +183,7 @@ def measurement_rows(
         if m.flops is not None:
             tflops = _inverse(m.flops / 1e9, t)
             rows.append(_row(info, *key, "tflops", *tflops))
-            ceiling = roof.matmul_tflops(m.dtype)
+            ceiling = roof.matmul_tflops(m.dtype) if roof is not None else None
             if ceiling:
                 rows.append(_row(info, *key, "frac_of_matmul", *(f / ceiling for f in tflops)))
         for base in ("eager", "compile"):

@@ -1,6 +1,7 @@
 """`fastgan bench`: time every provider of every registered op, print a table, write CSV + PNG.
 
     fastgan bench [--op NAME] [--device cpu|cuda] [--quick] [--modes fwd,bwd,full] [--out DIR]
+    fastgan bench --suite models [...]   whole zoo models (fastgan/bench/models.py)
     python -m fastgan.bench.runner --quick
 """
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .cases import DTYPE_NAMES, REGISTRY, Case, OpBench, get_op
+from .cases import DTYPE_NAMES, REGISTRY, Case, OpBench, _resolve, get_op
 from .plot import have_matplotlib, plot_op
 from .providers import COMPILE, Provider, Skip, first_line, measure, providers_for
 from .report import (
@@ -30,10 +31,16 @@ from .roofline import probe
 from .timing import MODES, Budget, default_budget
 
 EXTRA_HINT = "pip install 'fastgan[bench]'"
+# `fastgan bench --suite NAME`: "module:function" taking the whole argv; "ops" is this module's.
+SUITES: dict[str, str] = {"ops": "", "models": "fastgan.bench.models:main",
+                          "swap": "fastgan.bench.swap_suite:main"}
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="fastgan bench", description=__doc__.splitlines()[0])
+    p.add_argument("--suite", choices=sorted(SUITES), default="ops",
+                   help="ops: every fused op (default); models: zoo training steps and "
+                        "inference (`fastgan bench --suite models --help`)")
     p.add_argument("--op", choices=sorted(REGISTRY), help="one op (default: all)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available, else cpu")
     p.add_argument("--quick", action="store_true", help="1-2 small shapes, few repetitions")
@@ -160,6 +167,12 @@ def _run(
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `fastgan bench`: 0, or 1 if a fastgan backend or the eager reference raised
     or differed from eager (a skipped torch.compile is not a failure)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(prog="fastgan bench", add_help=False)
+    pre.add_argument("--suite", choices=sorted(SUITES), default="ops")
+    suite = SUITES[pre.parse_known_args(argv)[0].suite]
+    if suite:
+        return _resolve(suite)(argv)
     args = _parse(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("fastgan bench: --device cuda, but torch sees no CUDA device", file=sys.stderr)
