@@ -9,6 +9,8 @@ handle, which the report shows. Add one by writing the class and listing it in `
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -60,16 +62,18 @@ def _torch_base(module: nn.Module) -> type | None:
     return next((b for b in type(module).__mro__ if b in SN_CLASSES), None)
 
 
-class Adapter:
+class Adapter(ABC):
     """Recognises one third-party module class and converts it."""
 
     name = ""
 
+    @abstractmethod
     def matches(self, module: nn.Module) -> bool:
-        raise NotImplementedError
+        """Whether ``module`` is this adapter's class (by name and attributes)."""
 
+    @abstractmethod
     def convert(self, module: nn.Module, backend: str | None) -> tuple[nn.Module, KeyChanges]:
-        raise NotImplementedError
+        """The replacement over ``module``'s own tensors, and the state_dict key changes."""
 
 
 # ---------------------------------------------------------------------- BigGAN-PyTorch

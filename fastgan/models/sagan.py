@@ -31,7 +31,6 @@ import re
 from collections.abc import Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..nn import BatchNormAct2d, SelfAttention2d, SNConv2d, SNConvTranspose2d
@@ -40,17 +39,9 @@ from ._registry import register_converter, register_model
 __all__ = ["Generator", "Discriminator"]
 
 
-def _heykeetae_sn(layer: nn.Module) -> nn.Module:
-    """Makes a fastgan SN layer normalise as heykeetae's SpectralNorm: matrix w.view(w.size(0), -1)
-    and power iteration in eval mode too. Re-draws u, v at the sizes of that matrix."""
-    sn = layer._sn
-    sn.dim = 0
-    sn.eval_iteration = "update"
-    with torch.no_grad():
-        h, w = sn.matrix(layer.weight_orig).shape
-        layer.weight_u = F.normalize(layer.weight_orig.new_empty(h).normal_(0, 1), dim=0, eps=sn.eps)
-        layer.weight_v = F.normalize(layer.weight_orig.new_empty(w).normal_(0, 1), dim=0, eps=sn.eps)
-    return layer
+# heykeetae's SpectralNorm: matrix w.view(w.size(0), -1) (dim 0, ConvTranspose too) and the power
+# iteration on every call, eval included.
+_HEYKEETAE_SN = dict(sn_dim=0, eval_iteration="update")
 
 
 def _n_blocks(image_size: int) -> int:
@@ -78,7 +69,7 @@ class Generator(nn.Module):
         in_ch = z_dim
         for i in range(k):
             stride_args = (1, 0) if i == 0 else (2, 1)  # l1 maps 1x1 to 4x4; the rest double
-            conv = _heykeetae_sn(SNConvTranspose2d(in_ch, width, 4, *stride_args, backend=backend))
+            conv = SNConvTranspose2d(in_ch, width, 4, *stride_args, backend=backend, **_HEYKEETAE_SN)
             setattr(self, f"l{i + 1}", nn.Sequential(
                 conv, BatchNormAct2d(width, activation="relu", backend=backend)))
             if attention and i == k - 2:
@@ -116,7 +107,7 @@ class Discriminator(nn.Module):
         self.n_blocks = k
         in_ch, width = 3, conv_dim
         for i in range(k):
-            conv = _heykeetae_sn(SNConv2d(in_ch, width, 4, 2, 1, backend=backend))
+            conv = SNConv2d(in_ch, width, 4, 2, 1, backend=backend, **_HEYKEETAE_SN)
             setattr(self, f"l{i + 1}", nn.Sequential(conv, nn.LeakyReLU(0.1)))
             if attention and i == k - 2:
                 self.attn1 = SelfAttention2d(width, layout="sagan", backend=backend)

@@ -267,13 +267,20 @@ def _sn_init(torch_cls, dim: int):
 
     def __init__(self, *args, n_power_iterations: int = 1, eps: float = 1e-12,
                  num_svs: int = 1, backend: str | None = None, eval_iteration: str = "none",
-                 **kwargs) -> None:
+                 sn_dim: int | None = None, **kwargs) -> None:
         torch_cls.__init__(self, *args, **kwargs)
-        self._sn_setup(n_power_iterations, eps, dim, backend, num_svs, eval_iteration)
+        ndim = self._parameters["weight"].dim()
+        if sn_dim is not None and not 0 <= sn_dim < ndim:
+            raise ValueError(f"fastgan.nn.{type(self).__name__}: sn_dim must be in [0, {ndim - 1}] "
+                             f"for its {ndim}-D weight, got {sn_dim!r}")
+        self._sn_setup(n_power_iterations, eps, dim if sn_dim is None else sn_dim, backend,
+                       num_svs, eval_iteration)
 
     __init__.__doc__ = (f"{torch_cls.__name__}'s arguments, then n_power_iterations, eps, "
-                        "num_svs (BigGAN's several singular values), backend and eval_iteration "
-                        "(SpectralNormState: 'none' as torch, 'peek' as BigGAN-PyTorch).")
+                        "num_svs (BigGAN's several singular values), backend, eval_iteration "
+                        "(SpectralNormState: 'none' as torch, 'peek' as BigGAN-PyTorch, 'update' "
+                        f"as the SAGAN reference code) and sn_dim (the weight dimension that "
+                        f"becomes the matrix's rows; default {dim}, as torch).")
     return __init__
 
 

@@ -12,78 +12,27 @@ import torch.nn.functional as F
 from torch import nn
 
 import fastgan.models as models
+from fastgan.bench.third_party import Self_Attn, SpectralNorm
 from tests.models.zoo import assert_backends_match, n_params, optimiser_step
 
 NAMES = ["sagan64_g", "sagan64_d", "sagan128_g", "sagan128_d", "sngan64_g", "sngan64_d"]
 TINY = dict(conv_dim=8)  # attention widths conv_dim and 2 * conv_dim: multiples of 8
 
 
-# --- the upstream modules (heykeetae/Self-Attention-GAN, spectral.py and sagan_models.py), written
-# --- from their semantics for this test
-def _l2n(v: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    return v / (v.norm() + eps)
-
-
-class UpSpectralNorm(nn.Module):
-    """heykeetae's SpectralNorm wrapper: keeps ``module.weight_bar`` and the (non-trainable)
-    parameters ``weight_u`` [w.size(0)], ``weight_v`` [w[0].numel()] on the wrapped module, and on
-    every call (eval too) runs v = l2n(W^T u), u = l2n(W v), sigma = u . W v, W = w.view(h, -1)."""
-
-    def __init__(self, module: nn.Module, power_iterations: int = 1) -> None:
-        super().__init__()
-        self.module, self.power_iterations = module, power_iterations
-        w = module.weight
-        h, wd = w.shape[0], w.view(w.shape[0], -1).shape[1]
-        u = nn.Parameter(_l2n(w.data.new(h).normal_(0, 1)), requires_grad=False)
-        v = nn.Parameter(_l2n(w.data.new(wd).normal_(0, 1)), requires_grad=False)
-        bar = nn.Parameter(w.data)
-        del module._parameters["weight"]
-        module.register_parameter("weight_u", u)
-        module.register_parameter("weight_v", v)
-        module.register_parameter("weight_bar", bar)
-
-    def forward(self, *args):
-        m = self.module
-        w = m.weight_bar
-        h = w.shape[0]
-        for _ in range(self.power_iterations):
-            m.weight_v.data = _l2n(torch.mv(w.view(h, -1).data.t(), m.weight_u.data))
-            m.weight_u.data = _l2n(torch.mv(w.view(h, -1).data, m.weight_v.data))
-        sigma = m.weight_u.dot(w.view(h, -1).mv(m.weight_v))
-        m.weight = w / sigma.expand_as(w)
-        return m.forward(*args)
-
-
-class UpSelfAttn(nn.Module):
-    def __init__(self, in_dim: int) -> None:
-        super().__init__()
-        self.query_conv = nn.Conv2d(in_dim, in_dim // 8, 1)
-        self.key_conv = nn.Conv2d(in_dim, in_dim // 8, 1)
-        self.value_conv = nn.Conv2d(in_dim, in_dim, 1)
-        self.gamma = nn.Parameter(torch.zeros(1))
-
-    def forward(self, x):
-        b, c, w, h = x.size()
-        q = self.query_conv(x).view(b, -1, w * h).permute(0, 2, 1)
-        k = self.key_conv(x).view(b, -1, w * h)
-        attn = F.softmax(torch.bmm(q, k), dim=-1)
-        v = self.value_conv(x).view(b, -1, w * h)
-        out = torch.bmm(v, attn.permute(0, 2, 1)).view(b, c, w, h)
-        return self.gamma * out + x, attn
-
-
+# --- heykeetae/Self-Attention-GAN's sagan_models.py Generator and Discriminator, written from
+# --- their semantics on the shared SpectralNorm / Self_Attn fixtures (fastgan/bench/third_party.py)
 class UpGenerator(nn.Module):
     def __init__(self, image_size=64, z_dim=128, conv_dim=64):
         super().__init__()
         repeat = int(np.log2(image_size)) - 3
         d = conv_dim * 2 ** repeat
-        self.l1 = nn.Sequential(UpSpectralNorm(nn.ConvTranspose2d(z_dim, d, 4)), nn.BatchNorm2d(d), nn.ReLU())
+        self.l1 = nn.Sequential(SpectralNorm(nn.ConvTranspose2d(z_dim, d, 4)), nn.BatchNorm2d(d), nn.ReLU())
         for i in (2, 3, 4):
-            setattr(self, f"l{i}", nn.Sequential(UpSpectralNorm(nn.ConvTranspose2d(d, d // 2, 4, 2, 1)),
+            setattr(self, f"l{i}", nn.Sequential(SpectralNorm(nn.ConvTranspose2d(d, d // 2, 4, 2, 1)),
                                                  nn.BatchNorm2d(d // 2), nn.ReLU()))
             d //= 2
         self.last = nn.Sequential(nn.ConvTranspose2d(d, 3, 4, 2, 1), nn.Tanh())
-        self.attn1, self.attn2 = UpSelfAttn(2 * d), UpSelfAttn(d)
+        self.attn1, self.attn2 = Self_Attn(2 * d), Self_Attn(d)
 
     def forward(self, z):
         out = self.l3(self.l2(self.l1(z.view(z.size(0), z.size(1), 1, 1))))
@@ -96,13 +45,13 @@ class UpDiscriminator(nn.Module):
     def __init__(self, image_size=64, conv_dim=64):
         super().__init__()
         d = conv_dim
-        self.l1 = nn.Sequential(UpSpectralNorm(nn.Conv2d(3, d, 4, 2, 1)), nn.LeakyReLU(0.1))
+        self.l1 = nn.Sequential(SpectralNorm(nn.Conv2d(3, d, 4, 2, 1)), nn.LeakyReLU(0.1))
         for i in (2, 3, 4):
-            setattr(self, f"l{i}", nn.Sequential(UpSpectralNorm(nn.Conv2d(d, d * 2, 4, 2, 1)),
+            setattr(self, f"l{i}", nn.Sequential(SpectralNorm(nn.Conv2d(d, d * 2, 4, 2, 1)),
                                                  nn.LeakyReLU(0.1)))
             d *= 2
         self.last = nn.Sequential(nn.Conv2d(d, 1, 4))
-        self.attn1, self.attn2 = UpSelfAttn(d // 2), UpSelfAttn(d)
+        self.attn1, self.attn2 = Self_Attn(d // 2), Self_Attn(d)
 
     def forward(self, x):
         out, p1 = self.attn1(self.l3(self.l2(self.l1(x))))

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastgan.bench.third_party import Self_Attn
 from fastgan.nn import SelfAttention2d
 from fastgan.ops.self_attention import DTYPES
 from tests.utils import skip_unless_runnable
@@ -63,26 +64,6 @@ class UpstreamBigGANAttention(nn.Module):
         return self.gamma * o + x
 
 
-class UpstreamSelfAttn(nn.Module):
-    """SAGAN's Self_Attn (heykeetae/Self-Attention-GAN), returning (out, attention)."""
-
-    def __init__(self, in_dim):
-        super().__init__()
-        self.query_conv = nn.Conv2d(in_dim, in_dim // 8, 1)
-        self.key_conv = nn.Conv2d(in_dim, in_dim // 8, 1)
-        self.value_conv = nn.Conv2d(in_dim, in_dim, 1)
-        self.gamma = nn.Parameter(torch.zeros(1))
-
-    def forward(self, x):
-        b, c, w, h = x.size()
-        proj_query = self.query_conv(x).view(b, -1, w * h).permute(0, 2, 1)
-        proj_key = self.key_conv(x).view(b, -1, w * h)
-        attention = torch.softmax(torch.bmm(proj_query, proj_key), dim=-1)
-        proj_value = self.value_conv(x).view(b, -1, w * h)
-        out = torch.bmm(proj_value, attention.permute(0, 2, 1)).view(b, c, w, h)
-        return self.gamma * out + x, attention
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_biggan_layout_loads_upstream_and_matches(backend):
     skip_unless_runnable(backend, "cpu", torch.float32, DTYPES)
@@ -110,7 +91,7 @@ def test_biggan_layout_loads_upstream_and_matches(backend):
 def test_sagan_layout_loads_upstream_and_matches(backend):
     skip_unless_runnable(backend, "cpu", torch.float32, DTYPES)
     torch.manual_seed(0)
-    upstream = UpstreamSelfAttn(16)
+    upstream = Self_Attn(16)
     with torch.no_grad():
         upstream.gamma.fill_(0.5)
     ours = SelfAttention2d(16, "sagan", backend=backend)

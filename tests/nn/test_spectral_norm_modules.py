@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fastgan
-from fastgan.nn import SNConv2d, SNEmbedding, SNLinear, spectral_norm
+from fastgan.nn import SNConv2d, SNConvTranspose2d, SNEmbedding, SNLinear, spectral_norm
 from fastgan.nn.spectral_norm import SN_CLASSES
 from fastgan.ops.spectral_norm import DTYPES
 from tests.utils import skip_unless_runnable
@@ -398,3 +398,19 @@ def test_gpu_autocast(backend, dtype):
     torch.testing.assert_close(y.float(), y_ref, rtol=3e-2, atol=3e-2)
     y.float().square().mean().backward()
     assert ours.weight_orig.grad.dtype == torch.float32
+
+
+def test_sn_dim_and_eval_iteration_constructor_arguments():
+    """sn_dim=0 on a ConvTranspose normalises the [in, out*k*k] matrix (the SAGAN reference's
+    choice); eval_iteration='update' iterates in eval too; a bad sn_dim names the argument."""
+    layer = SNConvTranspose2d(6, 4, 3, sn_dim=0, eval_iteration="update").eval()
+    assert layer.weight_u.shape == (6,) and layer.weight_v.shape == (4 * 9,)
+    u = layer.weight_u.clone()
+    layer(torch.randn(1, 6, 5, 5))
+    assert not torch.equal(u, layer.weight_u)
+    sigma = torch.linalg.matrix_norm(layer.weight_orig.detach().reshape(6, -1), 2)
+    for _ in range(200):
+        layer(torch.randn(1, 6, 5, 5))
+    torch.testing.assert_close(layer._sn.sigma(layer).detach(), sigma, rtol=1e-4, atol=0)
+    with pytest.raises(ValueError, match="sn_dim must be in \\[0, 3\\]"):
+        SNConvTranspose2d(6, 4, 3, sn_dim=4)
