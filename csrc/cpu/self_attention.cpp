@@ -1,38 +1,42 @@
 // CPU kernels of fastgan::self_attention_core_{fwd,bwd}. The contract:
 // fastgan/ops/self_attention/README.md.
 //
-// Flash-style blocked attention. Queries are cut into blocks of kBlockQ and keys into blocks of
-// kBlockK, a partition fixed by the shape alone. A block of q, k, v, grad_o is first gathered
-// (any strides, any dtype) into a small contiguous buffer in the accumulation dtype T, laid out so
-// that every product below is C += A B with B's rows and C's rows contiguous (gemm_acc): the inner
-// loop is then a unit-stride axpy of at least one block length that gcc vectorizes. The gather
-// costs one pass over a block per use, 1 / kBlockQ of the arithmetic. Per-thread buffers hold a
-// few blocks; nothing N x M is allocated.
+// Flash-style blocked attention whose block products are BLAS-class GEMMs and whose softmax
+// loops are compiled for the machine's vector width.
 //
-//   forward, a task per (batch, query block): for each key block in order, S = scale Q K^T, the
-//     running row max m and sum l (online softmax), O = O * exp(m_old - m) + exp(S - m) V;
-//     then o = O / l and lse = m + log l.
-//   backward pass 1, a task per (batch, query block): delta = rowsum(grad_o * o) (stored for
-//     pass 2), and for each key block P = exp(S - lse), dS = P (grad_o V^T - delta),
-//     grad_q += scale dS K.
-//   backward pass 2, a task per (batch, key block): for each query block the same P^T and dS^T
-//     (S^T = K Q^T sums over d in the same order as S, so P is bitwise the same as in pass 1),
-//     grad_v += P^T grad_o, grad_k += scale dS^T q.
-// Every output element is written by one task and summed in a fixed order, so the results are
-// bitwise the same on every call and for any thread count.
+// Inputs are first converted once to contiguous tensors in the accumulation dtype T, in the
+// layouts the products read (q and grad_o also transposed, [B, D, N] and [B, E, N]; k
+// transposed for the forward): O(B (N + M) (D + E)) extra memory, one pass over each input,
+// and every product below is then C (+)= A B on row-major blocks with no packing of its own.
+// The products of float blocks go to at::native::cpublas::brgemm (oneDNN's micro-kernel, or
+// the BLAS sgemm torch was built with); float64 — the checking dtype — and torch builds without
+// brgemm use gemm_acc, a plain loop nest. Nothing N x M is allocated: the largest buffers are
+// a few score blocks per thread.
 //
-// Loops are plain C++ shaped for gcc's auto-vectorizer, as in the other CPU kernels (cpu_scalar.h).
+//   forward, a task per (batch, block of kFwdQ queries): for each block of kFwdK keys in order,
+//     S = q K^T, the running row max m and sum l of scale S (online softmax),
+//     O = O exp(m_old - m) + exp(scale S - m) V; then o = O / l and lse = m + log l.
+//   backward, a task per (batch, key chunk): for each block of kBwdQ queries and each block of
+//     kBwdK keys of the chunk, in the keys' orientation (so that no block is transposed):
+//     S^T = K q^T, P^T = exp(scale S^T - lse), dP^T = V grad_o^T, dS^T = P^T (dP^T - delta)
+//     with delta = rowsum(grad_o o); grad_v += P^T grad_o and grad_k += dS^T q for the chunk's
+//     own keys, and the chunk's share of grad_q^T, K^T dS^T, into a buffer of its own. The
+//     shares are summed in chunk order at the end.
+// The partition into blocks and chunks is a function of the shape alone and every output element
+// is summed in a fixed order, so the results are bitwise the same on every call and for any
+// thread count. The chunk count grows as the batch shrinks, so that B * chunks tasks keep the
+// threads busy also at batch 1 (each chunk costs one [B, D, N] share of grad_q).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/native/CPUBlas.h>
 #include <c10/util/bit_cast.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <initializer_list>
 #include <limits>
 #include <tuple>
 #include <vector>
@@ -40,6 +44,20 @@
 #include "common/cpu_scalar.h"
 #include "common/cpu_span.h"
 #include "common/self_attention_checks.h"
+
+// The softmax loops (an exp per score) are compiled once per x86-64 level, AVX-512 and AVX2 + FMA
+// besides the baseline, and the loader picks the clone the CPU runs (an ifunc): the extension
+// itself is built for baseline x86-64, where these loops would run 4 floats at a time without
+// FMA and cost as much as the products.
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define FASTGAN_ISA_CLONES \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#endif
+#endif
+#ifndef FASTGAN_ISA_CLONES
+#define FASTGAN_ISA_CLONES
+#endif
 
 namespace fastgan {
 namespace self_attention {
@@ -49,17 +67,23 @@ using cpu::divup;
 using cpu::load_op;
 using cpu::store_op;
 
-// 64 x 64 scores (16 KiB in float) plus the packed blocks stay in L2 for D, E up to a few hundred;
-// 64 is also long enough for the vectorized inner loops to amortise their epilogue.
-constexpr int64_t kBlockQ = 64;
-constexpr int64_t kBlockK = 64;
+// Blocks: the forward's score block (64 x 512 floats, 128 KiB) and the backward's two
+// (128 x 128 each) stay in L2 next to the rows of the operands; the products' shapes are ones
+// the micro-kernels run near their peak.
+constexpr int64_t kFwdQ = 64;
+constexpr int64_t kFwdK = 512;
+constexpr int64_t kBwdQ = 128;
+constexpr int64_t kBwdK = 128;
+// Backward tasks: at least kMinTasks (batch, key chunk) pairs, at most kMaxChunks chunks per batch.
+constexpr int64_t kMinTasks = 32;
+constexpr int64_t kMaxChunks = 8;
 
 // exp(x) for the softmax, branch-free so that its loops vectorize (std::exp is a libm call, one
-// lane at a time, and costs as much as the products of a block at small D and E). Cephes' expf:
-// x = n ln2 + r, |r| <= ln2 / 2, exp(r) by a degree-7 polynomial, within 1 ulp. x is clamped to
-// the normal range: below it (scores far under the row max) the result is ~1e-38 instead of 0,
-// nothing next to a row sum >= 1. The clamp is a bit select: gcc keeps std::min / std::max on
-// floats as branches (it may not assume away NaN), and the loop would not vectorize.
+// lane at a time). Cephes' expf: x = n ln2 + r, |r| <= ln2 / 2, exp(r) by a degree-7
+// polynomial, within 1 ulp. x is clamped to the normal range: below it (scores far under the
+// row max) the result is ~1e-38 instead of 0, nothing next to a row sum >= 1. The clamp is a bit
+// select: gcc keeps std::min / std::max on floats as branches (it may not assume away NaN), and
+// the loop would not vectorize.
 inline float exp_softmax(float x) {
   x = cpu::select(x < -87.33654f, -87.33654f, x);
   x = cpu::select(x > 88.0f, 88.0f, x);
@@ -83,23 +107,28 @@ inline float exp_softmax(float x) {
 // float64 is the checking dtype: exact libm exp, speed secondary.
 inline double exp_softmax(double x) { return std::exp(x); }
 
-// C[r, c] += sum_k A[r, k] B[k, c] for r < R, k < K, c < Cn, the sum over k in order (so the
-// result does not depend on how rows are grouped). Four rows share each load of a row of B. (A
-// tile of C held in locals over the k loop was no faster here and slower when gcc spilled it.)
+// ------------------------------------------------------------------------------ block products
+
+// C = A B (accumulate: C += A B) for row-major A [m, k], B [k, n], C [m, n] with leading
+// dimensions lda, ldb, ldc. The plain loop nest: float64, and float where torch has no brgemm.
+// Four rows of C share each load of a row of B; the sum over k runs in order.
 template <typename T>
-void gemm_acc(int64_t R, int64_t K, int64_t Cn, const T* A, int64_t lda, const T* B, int64_t ldb,
-              T* C, int64_t ldc) {
+void gemm_acc(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B, int64_t ldb,
+              T* C, int64_t ldc, bool accumulate) {
+  if (!accumulate) {
+    for (int64_t r = 0; r < m; ++r) std::fill(C + r * ldc, C + r * ldc + n, T(0));
+  }
   int64_t r = 0;
-  for (; r + 4 <= R; r += 4) {
+  for (; r + 4 <= m; r += 4) {
     T* __restrict c0 = C + r * ldc;
     T* __restrict c1 = c0 + ldc;
     T* __restrict c2 = c1 + ldc;
     T* __restrict c3 = c2 + ldc;
     const T* a = A + r * lda;
-    for (int64_t k = 0; k < K; ++k) {
-      const T a0 = a[k], a1 = a[lda + k], a2 = a[2 * lda + k], a3 = a[3 * lda + k];
-      const T* __restrict b = B + k * ldb;
-      for (int64_t c = 0; c < Cn; ++c) {
+    for (int64_t kk = 0; kk < k; ++kk) {
+      const T a0 = a[kk], a1 = a[lda + kk], a2 = a[2 * lda + kk], a3 = a[3 * lda + kk];
+      const T* __restrict b = B + kk * ldb;
+      for (int64_t c = 0; c < n; ++c) {
         c0[c] += a0 * b[c];
         c1[c] += a1 * b[c];
         c2[c] += a2 * b[c];
@@ -107,57 +136,36 @@ void gemm_acc(int64_t R, int64_t K, int64_t Cn, const T* A, int64_t lda, const T
       }
     }
   }
-  for (; r < R; ++r) {
+  for (; r < m; ++r) {
     T* __restrict c0 = C + r * ldc;
-    for (int64_t k = 0; k < K; ++k) {
-      const T a0 = A[r * lda + k];
-      const T* __restrict b = B + k * ldb;
-      for (int64_t c = 0; c < Cn; ++c) c0[c] += a0 * b[c];
+    for (int64_t kk = 0; kk < k; ++kk) {
+      const T a0 = A[r * lda + kk];
+      const T* __restrict b = B + kk * ldb;
+      for (int64_t c = 0; c < n; ++c) c0[c] += a0 * b[c];
     }
   }
 }
 
-// One batch of a [B, L, F] tensor of any strides: row i, feature f at p[i * rs + f * fs].
-template <typename scalar_t>
-struct Rows {
-  const scalar_t* p;
-  int64_t rs, fs;
-};
-
-template <typename scalar_t>
-Rows<scalar_t> batch_rows(const at::Tensor& t, int64_t b) {
-  return {t.const_data_ptr<scalar_t>() + b * t.stride(0), t.stride(1), t.stride(2)};
-}
-
-// Rows [i0, i0 + n) of x as T: dst[i * ld + f] (kTransposed: dst[f * ld + i]). The loops run
-// along whichever of x's strides is smaller, so a transposed view is read contiguously.
-template <bool kTransposed, typename T, typename scalar_t>
-void pack(Rows<scalar_t> x, int64_t i0, int64_t n, int64_t F, T* __restrict dst, int64_t ld) {
-  const scalar_t* src = x.p + i0 * x.rs;
-  const auto out = [&](int64_t i, int64_t f) -> T& {
-    return kTransposed ? dst[f * ld + i] : dst[i * ld + f];
-  };
-  if (x.fs <= x.rs) {
-    for (int64_t i = 0; i < n; ++i) {
-      for (int64_t f = 0; f < F; ++f) out(i, f) = load_op(src[i * x.rs + f * x.fs]);
-    }
-  } else {
-    for (int64_t f = 0; f < F; ++f) {
-      for (int64_t i = 0; i < n; ++i) out(i, f) = load_op(src[i * x.rs + f * x.fs]);
-    }
-  }
-}
-
-// out[t] = buf[t] * factor for the n rows of F values of a block, in the output dtype.
-template <typename scalar_t, typename T>
-void store_rows(const T* __restrict buf, T factor, int64_t n, int64_t F, scalar_t* __restrict out) {
-  for (int64_t t = 0; t < n * F; ++t) out[t] = store_op<scalar_t>(buf[t] * factor);
-}
-
-// max_j x[j] in 8 independent lanes, so that the compares do not wait on each other (max is
-// exact: the order does not change the result).
 template <typename T>
-T row_max(const T* x, int64_t n) {
+void gemm(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
+          int64_t ldc, bool accumulate) {
+  gemm_acc(m, n, k, A, lda, B, ldb, C, ldc, accumulate);
+}
+
+#ifdef CPUBLAS_BRGEMM_F32F32F32
+template <>
+void gemm<float>(int64_t m, int64_t n, int64_t k, const float* A, int64_t lda, const float* B,
+                 int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+  at::native::cpublas::brgemm(m, n, k, lda, ldb, ldc, accumulate, A, B, C, /*is_vnni=*/false);
+}
+#endif
+
+// --------------------------------------------------------------------- softmax (vector clones)
+
+// max_j x[j] in 8 independent lanes, so that the compares do not wait on each other and
+// vectorize (max is exact: the order does not change the result).
+template <typename T>
+inline T row_max(const T* x, int64_t n) {
   constexpr int kLanes = 8;
   T lane[kLanes];
   std::fill(lane, lane + kLanes, -std::numeric_limits<T>::infinity());
@@ -169,96 +177,129 @@ T row_max(const T* x, int64_t n) {
   return *std::max_element(lane, lane + kLanes);
 }
 
+// sum_e a[e] b[e] in 8 lanes (then the tail, then the lanes in order).
 template <typename T>
-T row_sum(const T* x, int64_t n) {
-  cpu::LaneSum<T> sum;
-  sum.add(x, n, [](T v) { return v; });
-  return sum.total();
+inline T dot(const T* __restrict a, const T* __restrict b, int64_t n) {
+  constexpr int kLanes = 8;
+  T lane[kLanes] = {};
+  int64_t e = 0;
+  for (; e + kLanes <= n; e += kLanes) {
+    for (int l = 0; l < kLanes; ++l) lane[l] += a[e + l] * b[e + l];
+  }
+  T total = 0;
+  for (; e < n; ++e) total += a[e] * b[e];
+  for (int l = 0; l < kLanes; ++l) total += lane[l];
+  return total;
 }
 
-// A per-thread scratch of several arrays carved from one vector.
+// One block of an online softmax over the rows of S [rows, cols] (leading dimension ld), which
+// holds raw products q k^T: with s = scale S and m_new = max(m, max_j s), S := exp(s - m_new),
+// l := l alpha + sum_j S, alpha := exp(m - m_new) (0 on the first block, where m = -inf), m := m_new.
 template <typename T>
-class Scratch {
- public:
-  explicit Scratch(std::initializer_list<int64_t> sizes) {
-    int64_t total = 0;
-    for (int64_t s : sizes) total += s;
-    buf_.resize(total);
-    T* next = buf_.data();
-    for (int64_t s : sizes) {
-      parts_.push_back(next);
-      next += s;
+FASTGAN_ISA_CLONES void online_softmax_block(T* S, int64_t rows, int64_t cols, int64_t ld,
+                                             T scale, T* m, T* l, T* alpha) {
+  for (int64_t r = 0; r < rows; ++r) {
+    T* __restrict s = S + r * ld;
+    for (int64_t j = 0; j < cols; ++j) s[j] *= scale;
+    const T m_new = std::max(m[r], row_max(s, cols));
+    for (int64_t j = 0; j < cols; ++j) s[j] = exp_softmax(s[j] - m_new);
+    cpu::LaneSum<T> sum;
+    sum.add(s, cols, [](T v) { return v; });
+    alpha[r] = std::exp(m[r] - m_new);
+    l[r] = l[r] * alpha[r] + sum.total();
+    m[r] = m_new;
+  }
+}
+
+// One transposed block of the backward: rows are keys, columns queries. St holds S^T (raw
+// products k q^T), dPt holds dP^T; on return St = P^T = exp(scale S^T - lse) and
+// dPt = dS^T = P^T (dP^T - delta), lse and delta running along the columns.
+template <typename T>
+FASTGAN_ISA_CLONES void softmax_grad_block(T* St, T* dPt, int64_t rows, int64_t cols, int64_t ld,
+                                           T scale, const T* lse, const T* delta) {
+  for (int64_t r = 0; r < rows; ++r) {
+    T* __restrict p = St + r * ld;
+    T* __restrict dp = dPt + r * ld;
+    for (int64_t c = 0; c < cols; ++c) {
+      p[c] = exp_softmax(p[c] * scale - lse[c]);
+      dp[c] = p[c] * (dp[c] - delta[c]);
     }
   }
-  T* operator[](size_t i) const { return parts_[i]; }
+}
 
- private:
-  std::vector<T> buf_;
-  std::vector<T*> parts_;
-};
+// O [rows, n] (leading dimension ld): row r times f[r].
+template <typename T>
+void scale_rows(T* O, int64_t rows, int64_t n, int64_t ld, const T* f) {
+  for (int64_t r = 0; r < rows; ++r) {
+    T* __restrict o = O + r * ld;
+    const T a = f[r];
+    for (int64_t e = 0; e < n; ++e) o[e] *= a;
+  }
+}
+
+// out[t] = buf[t] * factor for n values, in the output dtype.
+template <typename scalar_t, typename T>
+void store_scaled(const T* __restrict buf, T factor, int64_t n, scalar_t* __restrict out) {
+  for (int64_t t = 0; t < n; ++t) out[t] = store_op<scalar_t>(buf[t] * factor);
+}
+
+// t [B, L, F] of any strides and dtype as a contiguous tensor in dtype acc: [B, L, F], or
+// [B, F, L] when transposed (t itself when it already is that).
+at::Tensor packed(const at::Tensor& t, at::ScalarType acc, bool transposed) {
+  const at::Tensor a = t.to(acc);
+  return transposed ? a.transpose(1, 2).contiguous() : a.contiguous();
+}
+
+// ------------------------------------------------------------------------------------- forward
 
 template <typename scalar_t>
 void attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale_d,
                    at::Tensor& o, at::Tensor& lse) {
   using T = at::opmath_type<scalar_t>;
+  const at::ScalarType acc = c10::CppTypeToScalarType<T>::value;
   const int64_t B = q.size(0), N = q.size(1), D = q.size(2), M = k.size(1), E = v.size(2);
-  const int64_t nqb = divup(N, kBlockQ);
+  const at::Tensor qa = packed(q, acc, false), kt = packed(k, acc, true), va = packed(v, acc, false);
+  const T* Q = qa.const_data_ptr<T>();   // [B, N, D]
+  const T* Kt = kt.const_data_ptr<T>();  // [B, D, M]
+  const T* V = va.const_data_ptr<T>();   // [B, M, E]
+  const int64_t nqb = divup(N, kFwdQ);
   const T scale = static_cast<T>(scale_d);
   scalar_t* o_ptr = o.mutable_data_ptr<scalar_t>();
   T* lse_ptr = lse.mutable_data_ptr<T>();
   at::parallel_for(0, B * nqb, 1, [&](int64_t begin, int64_t end) {
-    Scratch<T> s({kBlockQ * D, D * kBlockK, kBlockK * E, kBlockQ * kBlockK, kBlockQ * E,
-                  kBlockQ, kBlockQ});
-    T *Qp = s[0], *Kt = s[1], *Vp = s[2], *S = s[3], *O = s[4], *m = s[5], *l = s[6];
+    std::vector<T> buf(kFwdQ * kFwdK + kFwdQ * E + 3 * kFwdQ);
+    T* S = buf.data();
+    T* O = S + kFwdQ * kFwdK;
+    T *m = O + kFwdQ * E, *l = m + kFwdQ, *alpha = l + kFwdQ;
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / nqb, i0 = (task % nqb) * kBlockQ;
-      const int64_t nq = std::min(kBlockQ, N - i0);
-      pack<false>(batch_rows<scalar_t>(q, b), i0, nq, D, Qp, D);
-      std::fill(O, O + nq * E, T(0));
+      const int64_t b = task / nqb, i0 = (task % nqb) * kFwdQ;
+      const int64_t nq = std::min(kFwdQ, N - i0);
+      const T* Qb = Q + (b * N + i0) * D;
       std::fill(m, m + nq, -std::numeric_limits<T>::infinity());
       std::fill(l, l + nq, T(0));
-      for (int64_t j0 = 0; j0 < M; j0 += kBlockK) {
-        const int64_t nk = std::min(kBlockK, M - j0);
-        pack<true>(batch_rows<scalar_t>(k, b), j0, nk, D, Kt, kBlockK);
-        pack<false>(batch_rows<scalar_t>(v, b), j0, nk, E, Vp, E);
-        std::fill(S, S + nq * kBlockK, T(0));
-        gemm_acc(nq, D, nk, Qp, D, Kt, kBlockK, S, kBlockK);
-        for (int64_t i = 0; i < nq; ++i) {
-          T* __restrict row = S + i * kBlockK;
-          for (int64_t j = 0; j < nk; ++j) row[j] *= scale;
-          const T m_new = std::max(m[i], row_max(row, nk));
-          for (int64_t j = 0; j < nk; ++j) row[j] = exp_softmax(row[j] - m_new);
-          // exp(-inf) = 0 on the first block, where O and l are still 0.
-          const T alpha = std::exp(m[i] - m_new);
-          l[i] = l[i] * alpha + row_sum(row, nk);
-          m[i] = m_new;
-          T* __restrict orow = O + i * E;
-          for (int64_t e = 0; e < E; ++e) orow[e] *= alpha;
-        }
-        gemm_acc(nq, nk, E, S, kBlockK, Vp, E, O, E);
+      for (int64_t j0 = 0; j0 < M; j0 += kFwdK) {
+        const int64_t nk = std::min(kFwdK, M - j0);
+        gemm(nq, nk, D, Qb, D, Kt + b * D * M + j0, M, S, kFwdK, false);
+        online_softmax_block(S, nq, nk, kFwdK, scale, m, l, alpha);
+        if (j0 > 0) scale_rows(O, nq, E, E, alpha);
+        gemm(nq, E, nk, S, kFwdK, V + (b * M + j0) * E, E, O, E, j0 > 0);
       }
       for (int64_t i = 0; i < nq; ++i) {
-        store_rows(O + i * E, T(1) / l[i], 1, E, o_ptr + (b * N + i0 + i) * E);
+        store_scaled(O + i * E, T(1) / l[i], E, o_ptr + (b * N + i0 + i) * E);
         lse_ptr[b * N + i0 + i] = m[i] + std::log(l[i]);
       }
     }
   });
 }
 
-// S (scores, raw products) -> P = exp(scale S - lse) and dP -> dS = P (dP - delta), for a block
-// of rows x cols (leading dimension ld); lse and delta run along the rows (kPerRow) or the columns.
-template <bool kPerRow, typename T>
-void softmax_grad(T* __restrict S, T* __restrict dP, int64_t rows, int64_t cols, int64_t ld,
-                  T scale, const T* lse, const T* delta) {
-  for (int64_t r = 0; r < rows; ++r) {
-    T* __restrict p = S + r * ld;
-    T* __restrict dp = dP + r * ld;
-    for (int64_t c = 0; c < cols; ++c) {
-      const int64_t i = kPerRow ? r : c;
-      p[c] = exp_softmax(p[c] * scale - lse[i]);
-      dp[c] = p[c] * (dp[c] - delta[i]);
-    }
-  }
+// ------------------------------------------------------------------------------------ backward
+
+// Keys per backward chunk (a multiple of kBwdK): about M / chunks for the chunk count that gives
+// kMinTasks tasks, within [1, kMaxChunks]. A function of the shape alone.
+int64_t bwd_chunk_keys(int64_t B, int64_t M) {
+  const int64_t want = std::clamp<int64_t>(divup(kMinTasks, std::max<int64_t>(B, 1)), 1,
+                                           kMaxChunks);
+  return divup(divup(M, want), kBwdK) * kBwdK;
 }
 
 template <typename scalar_t>
@@ -266,87 +307,83 @@ void attention_bwd(const at::Tensor& grad_o, const at::Tensor& q, const at::Tens
                    const at::Tensor& v, const at::Tensor& o, const at::Tensor& lse, double scale_d,
                    at::Tensor& grad_q, at::Tensor& grad_k, at::Tensor& grad_v) {
   using T = at::opmath_type<scalar_t>;
+  const at::ScalarType acc = c10::CppTypeToScalarType<T>::value;
   const int64_t B = q.size(0), N = q.size(1), D = q.size(2), M = k.size(1), E = v.size(2);
-  const int64_t nqb = divup(N, kBlockQ), nkb = divup(M, kBlockK);
-  const T scale = static_cast<T>(scale_d);
-  // lse may have any strides; pass 1 copies it and writes delta beside it, [B, N] each.
-  std::vector<T> lse_c(B * N), delta(B * N);
-  const T* lse_p = lse.const_data_ptr<T>();
-  for (int64_t b = 0; b < B; ++b) {
-    for (int64_t i = 0; i < N; ++i) lse_c[b * N + i] = lse_p[b * lse.stride(0) + i * lse.stride(1)];
+  const at::Tensor qa = packed(q, acc, false), qt = packed(q, acc, true);
+  const at::Tensor ga = packed(grad_o, acc, false), gt = packed(grad_o, acc, true);
+  const at::Tensor ka = packed(k, acc, false), kt = packed(k, acc, true), va = packed(v, acc, false);
+  const at::Tensor lse_c = lse.contiguous();
+  // delta_i = sum_e grad_o[i, e] o[i, e], [B, N], each a sum in a fixed order.
+  at::Tensor delta = at::empty({B, N}, lse_c.options());
+  {
+    const at::Tensor oa = packed(o, acc, false);
+    const T *g = ga.const_data_ptr<T>(), *op = oa.const_data_ptr<T>();
+    T* dl = delta.mutable_data_ptr<T>();
+    at::parallel_for(0, B * N, cpu::grain_for(E), [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const T* __restrict gr = g + row * E;
+        const T* __restrict orow = op + row * E;
+        dl[row] = dot(gr, orow, E);
+      }
+    });
   }
+  const T *Q = qa.const_data_ptr<T>(), *Qt = qt.const_data_ptr<T>();    // [B, N, D], [B, D, N]
+  const T *G = ga.const_data_ptr<T>(), *Gt = gt.const_data_ptr<T>();    // [B, N, E], [B, E, N]
+  const T *K = ka.const_data_ptr<T>(), *Kt = kt.const_data_ptr<T>();    // [B, M, D], [B, D, M]
+  const T* V = va.const_data_ptr<T>();                                   // [B, M, E]
+  const T *L = lse_c.const_data_ptr<T>(), *Dl = delta.const_data_ptr<T>();  // [B, N]
 
-  // Pass 1: grad_q and delta, a task per (batch, query block).
-  scalar_t* gq = grad_q.mutable_data_ptr<scalar_t>();
-  at::parallel_for(0, B * nqb, 1, [&](int64_t begin, int64_t end) {
-    Scratch<T> s({kBlockQ * D, kBlockQ * E, kBlockQ * E, D * kBlockK, kBlockK * D, E * kBlockK,
-                  kBlockQ * kBlockK, kBlockQ * kBlockK, kBlockQ * D});
-    T *Qp = s[0], *dOp = s[1], *Op = s[2], *Kt = s[3], *Kp = s[4], *Vt = s[5], *S = s[6],
-      *dP = s[7], *dQ = s[8];
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / nqb, i0 = (task % nqb) * kBlockQ;
-      const int64_t nq = std::min(kBlockQ, N - i0);
-      pack<false>(batch_rows<scalar_t>(q, b), i0, nq, D, Qp, D);
-      pack<false>(batch_rows<scalar_t>(grad_o, b), i0, nq, E, dOp, E);
-      pack<false>(batch_rows<scalar_t>(o, b), i0, nq, E, Op, E);
-      T* dl = delta.data() + b * N + i0;
-      for (int64_t i = 0; i < nq; ++i) {
-        T* __restrict prod = Op + i * E;
-        const T* __restrict g = dOp + i * E;
-        for (int64_t e = 0; e < E; ++e) prod[e] *= g[e];
-        dl[i] = row_sum(prod, E);
-      }
-      std::fill(dQ, dQ + nq * D, T(0));
-      for (int64_t j0 = 0; j0 < M; j0 += kBlockK) {
-        const int64_t nk = std::min(kBlockK, M - j0);
-        pack<true>(batch_rows<scalar_t>(k, b), j0, nk, D, Kt, kBlockK);
-        pack<false>(batch_rows<scalar_t>(k, b), j0, nk, D, Kp, D);
-        pack<true>(batch_rows<scalar_t>(v, b), j0, nk, E, Vt, kBlockK);
-        std::fill(S, S + nq * kBlockK, T(0));
-        std::fill(dP, dP + nq * kBlockK, T(0));
-        gemm_acc(nq, D, nk, Qp, D, Kt, kBlockK, S, kBlockK);
-        gemm_acc(nq, E, nk, dOp, E, Vt, kBlockK, dP, kBlockK);
-        softmax_grad<true>(S, dP, nq, nk, kBlockK, scale, lse_c.data() + b * N + i0, dl);
-        gemm_acc(nq, nk, D, dP, kBlockK, Kp, D, dQ, D);
-      }
-      store_rows(dQ, scale, nq, D, gq + (b * N + i0) * D);
-    }
-  });
-
-  // Pass 2: grad_k and grad_v, a task per (batch, key block).
+  const int64_t kc = bwd_chunk_keys(B, M), nch = divup(M, kc);
+  // Each chunk's share of grad_q^T (unscaled), [chunks, B, D, N]; summed into share 0 below.
+  at::Tensor shares = at::empty({nch, B, D, N}, q.options().dtype(acc));
+  T* share_ptr = shares.mutable_data_ptr<T>();
+  const T scale = static_cast<T>(scale_d);
   scalar_t* gk = grad_k.mutable_data_ptr<scalar_t>();
   scalar_t* gv = grad_v.mutable_data_ptr<scalar_t>();
-  at::parallel_for(0, B * nkb, 1, [&](int64_t begin, int64_t end) {
-    Scratch<T> s({kBlockK * D, kBlockK * E, D * kBlockQ, kBlockQ * D, E * kBlockQ, kBlockQ * E,
-                  kBlockK * kBlockQ, kBlockK * kBlockQ, kBlockK * D, kBlockK * E});
-    T *Kp = s[0], *Vp = s[1], *Qt = s[2], *Qp = s[3], *dOt = s[4], *dOp = s[5], *St = s[6],
-      *dPt = s[7], *dK = s[8], *dV = s[9];
+
+  at::parallel_for(0, B * nch, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> buf(2 * kBwdK * kBwdQ + kc * (D + E));
+    T* St = buf.data();
+    T* dPt = St + kBwdK * kBwdQ;
+    T* dK = dPt + kBwdK * kBwdQ;  // [kc, D]
+    T* dV = dK + kc * D;           // [kc, E]
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / nkb, j0 = (task % nkb) * kBlockK;
-      const int64_t nk = std::min(kBlockK, M - j0);
-      pack<false>(batch_rows<scalar_t>(k, b), j0, nk, D, Kp, D);
-      pack<false>(batch_rows<scalar_t>(v, b), j0, nk, E, Vp, E);
-      std::fill(dK, dK + nk * D, T(0));
-      std::fill(dV, dV + nk * E, T(0));
-      for (int64_t i0 = 0; i0 < N; i0 += kBlockQ) {
-        const int64_t nq = std::min(kBlockQ, N - i0);
-        pack<true>(batch_rows<scalar_t>(q, b), i0, nq, D, Qt, kBlockQ);
-        pack<false>(batch_rows<scalar_t>(q, b), i0, nq, D, Qp, D);
-        pack<true>(batch_rows<scalar_t>(grad_o, b), i0, nq, E, dOt, kBlockQ);
-        pack<false>(batch_rows<scalar_t>(grad_o, b), i0, nq, E, dOp, E);
-        std::fill(St, St + nk * kBlockQ, T(0));
-        std::fill(dPt, dPt + nk * kBlockQ, T(0));
-        gemm_acc(nk, D, nq, Kp, D, Qt, kBlockQ, St, kBlockQ);
-        gemm_acc(nk, E, nq, Vp, E, dOt, kBlockQ, dPt, kBlockQ);
-        softmax_grad<false>(St, dPt, nk, nq, kBlockQ, scale, lse_c.data() + b * N + i0,
-                            delta.data() + b * N + i0);
-        gemm_acc(nk, nq, E, St, kBlockQ, dOp, E, dV, E);
-        gemm_acc(nk, nq, D, dPt, kBlockQ, Qp, D, dK, D);
+      const int64_t b = task / nch, c = task % nch;
+      const int64_t j0 = c * kc, j1 = std::min(M, j0 + kc);
+      T* dQt = share_ptr + (c * B + b) * D * N;  // [D, N], leading dimension N
+      for (int64_t i0 = 0; i0 < N; i0 += kBwdQ) {
+        const int64_t nq = std::min(kBwdQ, N - i0);
+        for (int64_t s0 = j0; s0 < j1; s0 += kBwdK) {
+          const int64_t nk = std::min(kBwdK, j1 - s0);
+          const T* Ks = K + (b * M + s0) * D;
+          gemm(nk, nq, D, Ks, D, Qt + b * D * N + i0, N, St, kBwdQ, false);
+          gemm(nk, nq, E, V + (b * M + s0) * E, E, Gt + b * E * N + i0, N, dPt, kBwdQ, false);
+          softmax_grad_block(St, dPt, nk, nq, kBwdQ, scale, L + b * N + i0, Dl + b * N + i0);
+          const bool first_q = i0 == 0;
+          gemm(nk, E, nq, St, kBwdQ, G + (b * N + i0) * E, E, dV + (s0 - j0) * E, E, !first_q);
+          gemm(nk, D, nq, dPt, kBwdQ, Q + (b * N + i0) * D, D, dK + (s0 - j0) * D, D, !first_q);
+          // grad_q^T [D, nq] += K^T [D, nk] dS^T [nk, nq].
+          gemm(D, nq, nk, Kt + b * D * M + s0, M, dPt, kBwdQ, dQt + i0, N, s0 > j0);
+        }
       }
-      store_rows(dK, scale, nk, D, gk + (b * M + j0) * D);
-      store_rows(dV, T(1), nk, E, gv + (b * M + j0) * E);
+      store_scaled(dK, scale, (j1 - j0) * D, gk + (b * M + j0) * D);
+      store_scaled(dV, T(1), (j1 - j0) * E, gv + (b * M + j0) * E);
     }
   });
+
+  // grad_q = scale * sum over chunks of the shares, in chunk order, transposed back.
+  if (nch > 1) {
+    at::parallel_for(0, B * D, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        T* __restrict total = share_ptr + row * N;
+        for (int64_t c = 1; c < nch; ++c) {
+          const T* __restrict part = share_ptr + (c * B * D + row) * N;
+          for (int64_t i = 0; i < N; ++i) total[i] += part[i];
+        }
+      }
+    });
+  }
+  grad_q.copy_(shares[0].mul_(scale).transpose(1, 2));
 }
 
 std::tuple<at::Tensor, at::Tensor> self_attention_core_fwd_cpu(const at::Tensor& q,

@@ -182,6 +182,51 @@ def test_core_matches_reference(backend, shape, scale):
         assert_close(g, e32, e64, name)
 
 
+# The cpu core's partition (csrc/cpu/self_attention.cpp): forward blocks of 64 queries x 512
+# keys; backward key chunks (more of them at small batches) cut into blocks of 128 keys, against
+# blocks of 128 queries. These shapes end every block and chunk with a tail, and have several
+# chunks of several blocks each.
+CPU_PARTITION_SHAPES = [(1, 300, 700, 12, 20), (2, 130, 1100, 4, 8), (5, 129, 257, 24, 96)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16],
+                         ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("shape", CPU_PARTITION_SHAPES,
+                         ids=["x".join(map(str, s)) for s in CPU_PARTITION_SHAPES])
+def test_cpu_core_partition_edges(shape, dtype):
+    """Every block and chunk boundary of the cpu core, in each input dtype, against the float64
+    reference on the same (rounded) inputs; and bitwise the same on 1 and 2 threads."""
+    skip_unless_runnable("cpu", "cpu", dtype, DTYPES)
+    b, n, m, d, e = shape
+    q = torch.randn(b, d, n).transpose(1, 2).to(dtype)
+    k = torch.randn(b, m, d).to(dtype)
+    v = torch.randn(b, e, m).transpose(1, 2).to(dtype)
+    grad_o = torch.randn(b, n, e).to(dtype)
+    fwd, bwd = backend_core("cpu")
+    o, lse = fwd(q, k, v, 0.5)
+    got = (o, lse, *bwd(grad_o, q, k, v, o, lse, 0.5))
+
+    qr, kr, vr = (t.detach().double().requires_grad_(True) for t in (q, k, v))
+    o_ref, lse_ref = attention_core_reference(qr, kr, vr, 0.5)
+    expected = (o_ref, lse_ref, *torch.autograd.grad(o_ref, (qr, kr, vr), grad_o.double()))
+    # Products and sums in fp32; only the outputs are rounded to the input dtype.
+    tol = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
+    for name, g, ex in zip(("o", "lse", "grad_q", "grad_k", "grad_v"), got, expected):
+        assert g.dtype == (torch.float32 if name == "lse" else dtype), name
+        err = (g.double() - ex).abs().max() / ex.abs().max()
+        assert err <= tol, (name, err.item())
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1 if threads > 1 else 2)
+        o1, lse1 = fwd(q, k, v, 0.5)
+        again = (o1, lse1, *bwd(grad_o, q, k, v, o1, lse1, 0.5))
+    finally:
+        torch.set_num_threads(threads)
+    for name, a, b_ in zip(("o", "lse", "grad_q", "grad_k", "grad_v"), got, again):
+        assert torch.equal(a, b_), name
+
+
 @pytest.mark.parametrize("backend", FUSED)
 def test_core_bitwise_reproducible(backend):
     skip_unless_runnable(backend, "cpu", torch.float32, DTYPES)
