@@ -39,12 +39,15 @@ class SelfAttention2d(nn.Module):
         spectral_norm: spectrally normalise the 1x1 convs (default: True for biggan, False for
             sagan, as upstream).
         n_power_iterations, eps: the spectral norm's settings.
+        eval_iteration: what the spectral norm does in eval mode (fastgan.nn.SNConv2d): "none"
+            (torch: sigma from the stored vectors), "peek" (BigGAN-PyTorch: one iteration on
+            copies) or "update" (the SAGAN reference code: iterate and store).
         backend: "reference", "triton", "cuda", "cpu", "auto" or None.
     """
 
     def __init__(self, channels: int, layout: str = "biggan", spectral_norm: bool | None = None,
                  n_power_iterations: int = 1, eps: float = 1e-12,
-                 backend: str | None = None) -> None:
+                 backend: str | None = None, eval_iteration: str = "none") -> None:
         super().__init__()
         if layout not in _LAYOUTS:
             raise ValueError(f"fastgan.nn.SelfAttention2d: layout must be one of "
@@ -56,6 +59,9 @@ class SelfAttention2d(nn.Module):
         self.channels, self.layout, self.backend = channels, layout, backend
         if spectral_norm is None:
             spectral_norm = layout == "biggan"
+        if not spectral_norm and eval_iteration != "none":
+            raise ValueError(f"fastgan.nn.SelfAttention2d: eval_iteration={eval_iteration!r} needs "
+                             f"spectral_norm=True (the plain convs have no power iteration)")
         self.spectral_norm = spectral_norm
         names, value_div = _LAYOUTS[layout]
         bias = layout == "sagan"
@@ -64,7 +70,7 @@ class SelfAttention2d(nn.Module):
         def conv(c_in: int, c_out: int) -> nn.Conv2d:
             if spectral_norm:
                 return SNConv2d(c_in, c_out, 1, bias=bias, n_power_iterations=n_power_iterations,
-                                eps=eps, backend=backend)
+                                eps=eps, backend=backend, eval_iteration=eval_iteration)
             return nn.Conv2d(c_in, c_out, 1, bias=bias)
 
         q_name, k_name, v_name, o_name = names

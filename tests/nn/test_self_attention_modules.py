@@ -120,3 +120,32 @@ def test_plain_convs_and_bad_input():
         SelfAttention2d(12)
     with pytest.raises(ValueError, match="layout must be one of"):
         SelfAttention2d(16, "nonlocal")
+
+
+@pytest.mark.parametrize("eval_iteration", ["none", "peek", "update"])
+def test_eval_iteration_reaches_every_sn_conv(eval_iteration):
+    """The setting reaches the four SN convs; in eval, after W moved, "update" iterates and
+    stores u while "none" and "peek" (which iterates on copies) leave it as it is."""
+    torch.manual_seed(0)
+    m = SelfAttention2d(16, "biggan", eval_iteration=eval_iteration, backend="reference")
+    with torch.no_grad():
+        m.gamma.fill_(0.5)
+    x = torch.randn(2, 16, 6, 6)
+    m(x)  # one training forward: every conv has its vectors
+    with torch.no_grad():
+        for name in ("theta", "phi", "g", "o"):
+            getattr(m, name).weight_orig.mul_(1.5).add_(0.1)
+    before = {n: b.clone() for n, b in m.named_buffers()}
+    m.eval()
+    m(x)
+    for name in ("theta", "phi", "g", "o"):
+        assert getattr(m, name)._sn.eval_iteration == eval_iteration
+        u = getattr(m, name).weight_u
+        assert torch.equal(u, before[f"{name}.weight_u"]) == (eval_iteration != "update"), name
+
+
+def test_eval_iteration_needs_spectral_norm():
+    with pytest.raises(ValueError, match="eval_iteration='peek' needs spectral_norm=True"):
+        SelfAttention2d(16, "sagan", eval_iteration="peek")
+    with pytest.raises(ValueError, match="eval_iteration must be"):
+        SelfAttention2d(16, "biggan", eval_iteration="always")
