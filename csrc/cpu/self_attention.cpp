@@ -13,6 +13,9 @@
 // brgemm use gemm_acc, a plain loop nest. Nothing N x M is allocated: the largest buffers are
 // a few score blocks per thread.
 //
+// The softmax loops (an exp per score) are FASTGAN_ISA_CLONES functions (cpu_scalar.h): at
+// baseline x86-64 they would run 4 floats at a time without FMA and cost as much as the products.
+//
 //   forward, a task per (batch, block of kFwdQ queries): for each block of kFwdK keys in order,
 //     S = q K^T, the running row max m and sum l of scale S (online softmax),
 //     O = O exp(m_old - m) + exp(scale S - m) V; then o = O / l and lse = m + log l.
@@ -44,20 +47,6 @@
 #include "common/cpu_scalar.h"
 #include "common/cpu_span.h"
 #include "common/self_attention_checks.h"
-
-// The softmax loops (an exp per score) are compiled once per x86-64 level, AVX-512 and AVX2 + FMA
-// besides the baseline, and the loader picks the clone the CPU runs (an ifunc): the extension
-// itself is built for baseline x86-64, where these loops would run 4 floats at a time without
-// FMA and cost as much as the products.
-#if defined(__x86_64__) && defined(__GNUC__) && defined(__has_attribute)
-#if __has_attribute(target_clones)
-#define FASTGAN_ISA_CLONES \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#endif
-#endif
-#ifndef FASTGAN_ISA_CLONES
-#define FASTGAN_ISA_CLONES
-#endif
 
 namespace fastgan {
 namespace self_attention {
