@@ -59,7 +59,11 @@ def assert_backends_match(model: nn.Module, inputs: Sequence, backends: Sequence
             torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m: f"{name} output {i}: {m}")
         assert grads.keys() == ref_grads.keys(), f"{name}: gradients of different parameters"
         for k in ref_grads:
-            torch.testing.assert_close(grads[k], ref_grads[k], rtol=rtol, atol=atol,
+            # Two fp32 computations differ by rounding relative to the tensor's scale, not to each
+            # element: a small element of a gradient whose largest is ~80 (SAGAN-128 G's last
+            # bias) carries ~1e-5 of it on either side (both within 1e-6 of float64 there).
+            scaled = max(atol, rtol * ref_grads[k].abs().max().item())
+            torch.testing.assert_close(grads[k], ref_grads[k], rtol=rtol, atol=scaled,
                                        msg=lambda m: f"{name} grad {k}: {m}")
         ref_buffers, fused_buffers = dict(ref.named_buffers()), dict(fused.named_buffers())
         for k, b in ref_buffers.items():
