@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import copy
 import inspect
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -41,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .providers import Skip, first_line
-from .report import Measurement, format_table, measurement_rows, run_info, write_csv
+from .report import Measurement, measurement_rows, run_info, write_csv
 from .timing import Budget, count_gpu_launches, default_budget, peak_gpu_bytes, time_step
 
 MODES: tuple[str, ...] = ("train", "infer")
@@ -441,13 +440,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`fastgan bench --suite models`: 0, or 1 if a fastgan provider raised or differed."""
-    from .runner import default_out, repo_root
+    from .runner import bench_device, default_out, note_cpu_load, print_results, repo_root
 
     args = _parse(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("fastgan bench: --device cuda, but torch sees no CUDA device", file=sys.stderr)
+    device = bench_device(args.device)
+    if device is None:
         return 2
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     tiny = args.tiny or device.type == "cpu"
     dnames = args.dtype or (["fp32", "bf16"] if device.type == "cuda" else ["fp32"])
     repo = repo_root()
@@ -455,10 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = run_info(device, repo)
     print(f"fastgan bench --suite models on {info.device}: torch {info.torch}, "
           f"fastgan {info.fastgan} @ {info.git_sha}")
-    if device.type == "cpu" and hasattr(os, "getloadavg"):
-        load, cores = os.getloadavg()[0], os.cpu_count() or 1
-        if load > 0.5 * cores:  # other processes share the cores: CPU timings will be noisy
-            print(f"note: load average {load:.1f} on {cores} cores; CPU timings will be noisy")
+    note_cpu_load(device)
     if tiny:
         print("note: tiny model configs: a smoke test of the suite, not a performance result")
     budget = default_budget(device, args.quick)
@@ -471,10 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         measurements += ms
         skips += sk
     rows = measurement_rows(measurements, None, info)
-    print()
-    print(format_table(rows) if rows else "no model could be timed")
-    for skip in skips:
-        print(f"{'FAILED' if skip.failed else 'skipped'} {skip.provider}: {skip.reason}")
+    failures = print_results(rows, skips, "no model could be timed")
     suffix = ("-tiny" if tiny else "") + ("-quick" if args.quick else "")
     if rows:
         print(f"wrote {write_csv(rows, out_dir / f'models{suffix}.csv')}")
@@ -484,5 +476,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             png = plot_op(rows, name, out_dir / f"models-{name}{suffix}.png")
             if png is not None:
                 print(f"wrote {png}")
-    return 1 if any(s.failed for s in skips) else 0
+    return 1 if failures else 0
 

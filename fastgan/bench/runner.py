@@ -62,6 +62,36 @@ def repo_root() -> Path | None:
     return root if (root / "benchmarks").is_dir() and (root / ".git").exists() else None
 
 
+def bench_device(requested: str | None) -> torch.device | None:
+    """The device a `fastgan bench` run times on: ``--device``, else cuda when torch sees one,
+    else cpu. None, after saying why on stderr, for ``--device cuda`` without a CUDA device."""
+    if requested == "cuda" and not torch.cuda.is_available():
+        print("fastgan bench: --device cuda, but torch sees no CUDA device", file=sys.stderr)
+        return None
+    device = torch.device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return torch.device("cuda", torch.cuda.current_device()) if device.type == "cuda" else device
+
+
+def note_cpu_load(device: torch.device) -> None:
+    """On CPU, say so when other processes share the cores (the timings will be noisy)."""
+    if device.type == "cpu" and hasattr(os, "getloadavg"):
+        load, cores = os.getloadavg()[0], os.cpu_count() or 1
+        if load > 0.5 * cores:
+            print(f"note: load average {load:.1f} on {cores} cores; CPU timings will be noisy")
+
+
+def print_results(rows: Sequence[dict[str, str]], skips: Sequence[Skip],
+                  empty: str = "nothing could be timed") -> int:
+    """The table of rows (or ``empty``), then each provider that was not timed and why; returns
+    how many of those are fastgan defects."""
+    print()
+    print(format_table(rows) if rows else empty)
+    unique = list(dict.fromkeys(skips))
+    for skip in unique:
+        print(f"{'FAILED' if skip.failed else 'skipped'} {skip.provider}: {skip.reason}")
+    return sum(skip.failed for skip in unique)
+
+
 def default_out(device: torch.device, repo: Path | None) -> Path:
     """benchmarks/results/<slug>/ when run inside the checkout, else ./fastgan-bench/<slug>/."""
     cwd = Path.cwd().resolve()
@@ -174,22 +204,16 @@ def main(argv: list[str] | None = None) -> int:
     if suite:
         return _resolve(suite)(argv)
     args = _parse(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("fastgan bench: --device cuda, but torch sees no CUDA device", file=sys.stderr)
+    device = bench_device(args.device)
+    if device is None:
         return 2
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda":
-        device = torch.device("cuda", torch.cuda.current_device())
     ops = [get_op(args.op)] if args.op else list(REGISTRY.values())
     repo = repo_root()
     out_dir = args.out or default_out(device, repo)
     info = run_info(device, repo)
     print(f"fastgan bench on {info.device}: torch {info.torch}, triton {info.triton}, "
           f"fastgan {info.fastgan} @ {info.git_sha}{' (quick)' if args.quick else ''}")
-    if device.type == "cpu" and hasattr(os, "getloadavg"):
-        load, cores = os.getloadavg()[0], os.cpu_count() or 1
-        if load > 0.5 * cores:  # other processes share the cores: CPU timings will be noisy
-            print(f"note: load average {load:.1f} on {cores} cores; CPU timings will be noisy")
+    note_cpu_load(device)
     roof = probe(device, quick=args.quick)
     print(f"roofline: {roof.summary()}")
     if not have_matplotlib():
@@ -201,11 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     for op in ops:
         measurements, skips = run_op(op, device, args.modes, args.quick, budget)
         rows = roofline_rows(roof, info) + measurement_rows(measurements, roof, info)
-        print()
-        print(format_table(rows))
-        for skip in dict.fromkeys(skips):
-            print(f"{'FAILED' if skip.failed else 'skipped'} {skip.provider}: {skip.reason}")
-        failures += sum(skip.failed for skip in skips)
+        failures += print_results(rows, skips)
         csv_path = write_csv(rows, out_dir / f"{op.name}{suffix}.csv")
         print(f"wrote {csv_path}")
         png_path = plot_op(rows, op.name, out_dir / f"{op.name}{suffix}.png")

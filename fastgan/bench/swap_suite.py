@@ -28,7 +28,7 @@ from torch import nn
 from . import third_party as tp
 from .models import DTYPES, _autocast, settle
 from .providers import Skip, first_line
-from .report import Measurement, format_table, measurement_rows, run_info, write_csv
+from .report import Measurement, measurement_rows, run_info, write_csv
 from .timing import count_gpu_launches, default_budget, peak_gpu_bytes, time_step
 
 MODES = ("fwd", "train")
@@ -164,7 +164,7 @@ def _list(value: str, allowed: Sequence[str], name: str, p: argparse.ArgumentPar
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`fastgan bench --suite swap`: 0, or 1 if a swapped model raised or differed."""
-    from .runner import default_out, repo_root
+    from .runner import bench_device, default_out, print_results, repo_root
 
     p = argparse.ArgumentParser(prog="fastgan bench --suite swap",
                                 description=__doc__.splitlines()[0])
@@ -179,10 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     providers = _list(args.providers, PROVIDERS, "providers", p)
     modes = _list(args.modes, MODES, "modes", p)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("fastgan bench: --device cuda, but torch sees no CUDA device", file=sys.stderr)
+    device = bench_device(args.device)
+    if device is None:
         return 2
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     default = "fp32,bf16" if device.type == "cuda" else "fp32"
     dtypes = [DTYPES[d] for d in _list(args.dtype or default, tuple(DTYPES), "dtype", p)]
     repo = repo_root()
@@ -198,11 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         measurements += ms
         skips += sk
     rows = measurement_rows(measurements, None, info)
-    print()
-    print(format_table(rows) if rows else "nothing could be timed")
-    for skip in skips:
-        print(f"{'FAILED' if skip.failed else 'skipped'} {skip.provider}: {skip.reason}")
+    failures = print_results(rows, skips)
     if rows:
         suffix = ("-cpu-small" if device.type == "cpu" else "") + ("-quick" if args.quick else "")
         print(f"wrote {write_csv(rows, (args.out or default_out(device, repo)) / f'swap{suffix}.csv')}")
-    return 1 if any(s.failed for s in skips) else 0
+    return 1 if failures else 0
