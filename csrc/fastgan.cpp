@@ -4,6 +4,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "common/cpu_isa.h"
+
 TORCH_LIBRARY(fastgan, m) {
   // y = act(pixel_shuffle(x + bias[:, None, None], upscale_factor)); activation is one of
   // "none" | "relu" | "leaky_relu" | "prelu" | "tanh". The output keeps x's memory format.
@@ -60,10 +62,25 @@ TORCH_LIBRARY(fastgan, m) {
 }
 
 // `import fastgan._C` loads this library, which runs the registrations above. The module also
-// records how it was built, for `fastgan info`.
+// records how it was built, and tells the x86-64 level the CPU kernels run at, for `fastgan info`.
+static PyObject* cpu_isa(PyObject*, PyObject*) {
+  try {
+    return PyUnicode_FromString(fastgan::cpu::isa_name(fastgan::cpu::cpu_isa()));
+  } catch (const c10::Error& e) {  // FASTGAN_CPU_ISA names no level
+    PyErr_SetString(PyExc_RuntimeError, e.what_without_backtrace());
+    return nullptr;
+  }
+}
+
+static PyMethodDef fastgan_c_methods[] = {
+    {"cpu_isa", cpu_isa, METH_NOARGS,
+     "The x86-64 level the CPU kernels run at: 'avx512', 'avx2' or 'baseline' (the highest this "
+     "CPU supports, lowered by the environment variable FASTGAN_CPU_ISA)."},
+    {nullptr, nullptr, 0, nullptr}};
+
 static struct PyModuleDef fastgan_c_module = {PyModuleDef_HEAD_INIT, "_C",
                                               "fastgan compiled kernels (torch.ops.fastgan)", -1,
-                                              nullptr};
+                                              fastgan_c_methods};
 
 PyMODINIT_FUNC PyInit__C(void) {
   PyObject* module = PyModule_Create(&fastgan_c_module);

@@ -46,6 +46,11 @@ def info() -> int:
     else:
         cuda = f"CUDA kernels for {ext.cuda_arch_list}" if ext.with_cuda else "CPU kernels only"
         rows.append(("extension", f"fastgan._C built against torch {ext.torch_version}, {cuda}"))
+        try:
+            level = f"{ext.cpu_isa()} (x86-64 level of the CPU kernels; FASTGAN_CPU_ISA lowers it)"
+        except RuntimeError as exc:  # FASTGAN_CPU_ISA names no level
+            level = f"error: {exc}"
+        rows.append(("cpu kernels", level))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")

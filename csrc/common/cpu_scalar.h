@@ -13,21 +13,15 @@
 #include <cstdint>
 #include <type_traits>
 
-// FASTGAN_ISA_CLONES before a function definition compiles it once per x86-64 level — AVX-512
-// (x86-64-v4), AVX2 + FMA + F16C (v3) and the baseline — and the loader picks the clone the CPU
-// runs (an ifunc). The extension is built for baseline x86-64, where the loops here run 4 floats
-// at a time without FMA and convert fp16 without F16C. Put it on the function that holds the hot
-// loops (not on a lambda: a lambda's body is a function of its own, built for the baseline); the
-// inline helpers it calls are inlined into each clone. Elsewhere (other architectures and
-// compilers) it is empty.
-#if defined(__x86_64__) && defined(__GNUC__) && defined(__has_attribute)
-#if __has_attribute(target_clones)
-#define FASTGAN_ISA_CLONES \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+// FASTGAN_FLATTEN inlines every call a function makes (and theirs, recursively) into it:
+// cpu_isa.h's per-level copies of a task compile its whole call tree, lambdas included.
+#if defined(__GNUC__) && defined(__has_attribute)
+#if __has_attribute(flatten)
+#define FASTGAN_FLATTEN __attribute__((flatten))
 #endif
 #endif
-#ifndef FASTGAN_ISA_CLONES
-#define FASTGAN_ISA_CLONES
+#ifndef FASTGAN_FLATTEN
+#define FASTGAN_FLATTEN
 #endif
 
 namespace fastgan {

@@ -8,8 +8,10 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
+#include "cpu_isa.h"
 #include "cpu_scalar.h"
 
 namespace fastgan {
@@ -20,6 +22,13 @@ inline int64_t divup(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // Units per parallel_for task, so that each task moves about GRAIN_SIZE elements.
 inline int64_t grain_for(int64_t elems_per_unit) {
   return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, elems_per_unit));
+}
+
+// at::parallel_for whose tasks run at the CPU's x86-64 level (cpu_isa.h's run_isa): for passes
+// whose time is in the arithmetic of their tasks, not only in memory traffic.
+template <typename F>
+inline void parallel_for_isa(int64_t begin, int64_t end, int64_t grain, const F& f) {
+  at::parallel_for(begin, end, grain, [&](int64_t b, int64_t e) { run_isa([&] { f(b, e); }); });
 }
 
 // Calls f(i, j) for u in [begin, end), u = i * J + j, in order, without a division per unit (a
@@ -90,6 +99,28 @@ struct OutSpan {
   }
 };
 
+// v[0] + ... + v[kN - 1] as a tree: the upper half added to the lower, and again, down to one
+// value (kN a power of two). Each level is one add of gcc vector-extension halves, which any
+// target lowers to its widest vectors; a loop's reduction adds the lanes one by one, and those
+// kN - 1 dependent adds are the whole time of a row of 16 values. The order of the additions is
+// the same on every target.
+template <typename T, int64_t kN>
+inline T tree_sum(const T (&v)[kN]) {
+  static_assert((kN & (kN - 1)) == 0, "tree_sum: kN must be a power of two");
+  if constexpr (kN == 1) {
+    return v[0];
+  } else {
+    typedef T Half __attribute__((vector_size(kN / 2 * sizeof(T))));
+    Half lo, hi;
+    std::memcpy(&lo, v, sizeof lo);
+    std::memcpy(&hi, v + kN / 2, sizeof hi);
+    const Half sum = lo + hi;
+    T next[kN / 2];
+    std::memcpy(next, &sum, sizeof next);
+    return tree_sum(next);
+  }
+}
+
 // A sum in kLanes interleaved partial sums, fed span by span: gcc vectorizes this loop shape into
 // independent vector accumulators (an `omp simd` reduction keeps a single one, and is 3x slower
 // for waiting on the add latency), and the order of the additions is fixed by the spans alone.
@@ -109,11 +140,7 @@ struct LaneSum {
     }
     for (; k < n; ++k) rest += f(v[k]);
   }
-  T total() const {
-    T t = rest;
-    for (int64_t l = 0; l < kLanes; ++l) t += lane[l];
-    return t;
-  }
+  T total() const { return tree_sum(lane) + rest; }
 };
 
 }  // namespace cpu

@@ -65,7 +65,7 @@ void merge_pieces(const std::vector<T>& pmean, const std::vector<T>& pm2, int64_
     w_m2[k] = T(na) * (T(nb) / T(n));
     na = n;
   }
-  at::parallel_for(0, C, grain_for(K), [&](int64_t begin, int64_t end) {
+  parallel_for_isa(0, C, grain_for(K), [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       mean[c] = pmean[c * chan_stride];
       var[c] = pm2[c * chan_stride];
@@ -97,7 +97,7 @@ void stats_rows(const Strided<const scalar_t>& x, int64_t B, int64_t C, int64_t 
   const bool in_place = std::is_same_v<T, scalar_t> && (x.ss == 1 || S == 1);
   const std::vector<T> shift = channel_shifts(x, C);
   std::vector<T> pmean(C * K), pm2(C * K);
-  at::parallel_for(0, C * K, grain_for(L), [&](int64_t begin, int64_t end) {
+  parallel_for_isa(0, C * K, grain_for(L), [&](int64_t begin, int64_t end) {
     std::vector<T> buf(in_place ? 0 : L);
     walk_2d(begin, end, K, [&](int64_t c, int64_t k) {
       const int64_t f0 = k * L, n = std::min(L, N - f0);
@@ -155,7 +155,7 @@ void stats_pixels(const Strided<const scalar_t>& x, int64_t B, int64_t C, int64_
   const int64_t K = divup(N, P);
   const std::vector<T> shift = channel_shifts(x, C);
   std::vector<T> pmean(K * C), pm2(K * C);
-  at::parallel_for(0, K, grain_for(P * C), [&](int64_t begin, int64_t end) {
+  parallel_for_isa(0, K, grain_for(P * C), [&](int64_t begin, int64_t end) {
     std::vector<T> block(P * C), centres(C);
     std::vector<const T*> pixels(P);
     for (int64_t k = begin; k < end; ++k) {

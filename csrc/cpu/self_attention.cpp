@@ -13,7 +13,7 @@
 // brgemm use gemm_acc, a plain loop nest. Nothing N x M is allocated: the largest buffers are
 // a few score blocks per thread.
 //
-// The softmax loops (an exp per score) are FASTGAN_ISA_CLONES functions (cpu_scalar.h): at
+// The softmax loops (an exp per score) run at the CPU's x86-64 level (cpu::run_isa, cpu_isa.h): at
 // baseline x86-64 they would run 4 floats at a time without FMA and cost as much as the products.
 //
 //   forward, a task per (batch, block of kFwdQ queries): for each block of kFwdK keys in order,
@@ -185,8 +185,8 @@ inline T dot(const T* __restrict a, const T* __restrict b, int64_t n) {
 // holds raw products q k^T: with s = scale S and m_new = max(m, max_j s), S := exp(s - m_new),
 // l := l alpha + sum_j S, alpha := exp(m - m_new) (0 on the first block, where m = -inf), m := m_new.
 template <typename T>
-FASTGAN_ISA_CLONES void online_softmax_block(T* S, int64_t rows, int64_t cols, int64_t ld,
-                                             T scale, T* m, T* l, T* alpha) {
+void online_softmax_block(T* S, int64_t rows, int64_t cols, int64_t ld, T scale, T* m, T* l,
+                          T* alpha) {
   for (int64_t r = 0; r < rows; ++r) {
     T* __restrict s = S + r * ld;
     for (int64_t j = 0; j < cols; ++j) s[j] *= scale;
@@ -204,8 +204,8 @@ FASTGAN_ISA_CLONES void online_softmax_block(T* S, int64_t rows, int64_t cols, i
 // products k q^T), dPt holds dP^T; on return St = P^T = exp(scale S^T - lse) and
 // dPt = dS^T = P^T (dP^T - delta), lse and delta running along the columns.
 template <typename T>
-FASTGAN_ISA_CLONES void softmax_grad_block(T* St, T* dPt, int64_t rows, int64_t cols, int64_t ld,
-                                           T scale, const T* lse, const T* delta) {
+void softmax_grad_block(T* St, T* dPt, int64_t rows, int64_t cols, int64_t ld, T scale,
+                        const T* lse, const T* delta) {
   for (int64_t r = 0; r < rows; ++r) {
     T* __restrict p = St + r * ld;
     T* __restrict dp = dPt + r * ld;
@@ -269,7 +269,7 @@ void attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
       for (int64_t j0 = 0; j0 < M; j0 += kFwdK) {
         const int64_t nk = std::min(kFwdK, M - j0);
         gemm(nq, nk, D, Qb, D, Kt + b * D * M + j0, M, S, kFwdK, false);
-        online_softmax_block(S, nq, nk, kFwdK, scale, m, l, alpha);
+        cpu::run_isa([&] { online_softmax_block(S, nq, nk, kFwdK, scale, m, l, alpha); });
         if (j0 > 0) scale_rows(O, nq, E, E, alpha);
         gemm(nq, E, nk, S, kFwdK, V + (b * M + j0) * E, E, O, E, j0 > 0);
       }
@@ -347,7 +347,9 @@ void attention_bwd(const at::Tensor& grad_o, const at::Tensor& q, const at::Tens
           const T* Ks = K + (b * M + s0) * D;
           gemm(nk, nq, D, Ks, D, Qt + b * D * N + i0, N, St, kBwdQ, false);
           gemm(nk, nq, E, V + (b * M + s0) * E, E, Gt + b * E * N + i0, N, dPt, kBwdQ, false);
-          softmax_grad_block(St, dPt, nk, nq, kBwdQ, scale, L + b * N + i0, Dl + b * N + i0);
+          cpu::run_isa([&] {
+            softmax_grad_block(St, dPt, nk, nq, kBwdQ, scale, L + b * N + i0, Dl + b * N + i0);
+          });
           const bool first_q = i0 == 0;
           gemm(nk, E, nq, St, kBwdQ, G + (b * N + i0) * E, E, dV + (s0 - j0) * E, E, !first_q);
           gemm(nk, D, nq, dPt, kBwdQ, Q + (b * N + i0) * D, D, dK + (s0 - j0) * D, D, !first_q);

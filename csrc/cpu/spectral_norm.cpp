@@ -17,7 +17,8 @@
 // product tile reads its slice of the input vector already normalised (raw / norm, or stored / 1),
 // so the normalisation costs no pass of its own.
 //
-// Loops are plain C++ shaped for gcc's auto-vectorizer, as in the other CPU kernels (cpu_scalar.h).
+// Loops are plain C++ shaped for gcc's auto-vectorizer, as in the other CPU kernels (cpu_scalar.h),
+// and each pass's tasks run at the CPU's x86-64 level (cpu_isa.h).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -198,7 +199,7 @@ class WorkList {
     const auto first = [&](int64_t t) {
       return std::lower_bound(start_.begin(), start_.end(), total_ * t / parts) - start_.begin();
     };
-    at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
+    cpu::parallel_for_isa(0, parts, 1, [&](int64_t begin, int64_t end) {
       f(items_.data() + first(begin), items_.data() + first(end));
     });
   }

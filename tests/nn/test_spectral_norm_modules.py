@@ -319,8 +319,11 @@ def test_torch_compile_fullgraph(factory, make_input):
             y.square().sum().backward()
             ys.append(y.detach())
         torch.testing.assert_close(ys[1], ys[0], rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(compiled_module.weight_orig.grad, eager.weight_orig.grad,
-                                   rtol=1e-5, atol=1e-5)
+        # Inductor's kernels sum in their own order; an element that cancels to near 0 keeps an
+        # error the size of the terms, so atol scales with the gradient's largest element.
+        grad = eager.weight_orig.grad
+        torch.testing.assert_close(compiled_module.weight_orig.grad, grad, rtol=1e-5,
+                                   atol=1e-6 * grad.abs().max().item())
         torch.testing.assert_close(compiled_module.weight_u, eager.weight_u)
 
 

@@ -108,13 +108,16 @@ class _CondBatchNorm(torch.autograd.Function):
         if need_bias:
             grad_bias = _affine_grad(sum_dz, bias)
         if training:
+            # The [C] sums of dxhat = dz * gain and of dxhat * xhat, in as few ops as they take:
+            # at small maps (BigGAN's 4x4 stage) each op costs as much as a pass of a kernel.
+            sums = torch.stack((sum_dz, sum_dz_xhat))  # [2, B, C]
             if g2 is not None:
-                sum_dz, sum_dz_xhat = sum_dz * g2.to(sum_dz.dtype), sum_dz_xhat * g2.to(sum_dz.dtype)
-            sums = torch.stack((sum_dz.sum(0), sum_dz_xhat.sum(0)))
+                sums.mul_(g2.to(sums.dtype))
+            sums = sums.sum(1)
             if group is not None:  # every rank joins, whether or not it needs grad_x itself
                 sums = sync.all_reduce_sum(sums, group)
             if need_x and x.numel():
-                grad_x = passes.bwd_dx(grad_out, x, *args, sums[0] / count, sums[1] / count)
+                grad_x = passes.bwd_dx(grad_out, x, *args, *sums.div_(count).unbind(0))
         elif need_x and x.numel():
             grad_x = passes.bwd_dx(grad_out, x, *args, None, None)
         if need_x and grad_x is None:
@@ -239,7 +242,7 @@ def _fused(name, x, gain, bias, running_mean, running_var, training, momentum, e
             if group is not None:
                 mean, var, count = sync.merge_stats(mean, var, count, group)
             _check_values_per_channel(x, count, training)
-            invstd = torch.rsqrt(var + eps)
+            invstd = (var + eps).rsqrt_()
             if running_mean is not None and count:  # in F.batch_norm's order of operations
                 unbiased = var * (count / (count - 1))
                 running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
