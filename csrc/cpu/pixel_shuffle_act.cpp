@@ -26,7 +26,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <array>
 #include <cmath>
 #include <cstdint>
 #include <tuple>
@@ -220,20 +219,12 @@ void forward_channels_last(const scalar_t* x, scalar_t* y, const Problem<opmath_
   });
 }
 
-// Sum of v[0, len) in interleaved partial sums: independent accumulators let the loop vectorize
-// without reassociation flags, and the order is fixed by len alone.
+// Sum of v[0, len), in an order fixed by len alone (cpu_span.h's LaneSum).
 template <typename T>
 T sum_span(const T* v, int64_t len) {
-  constexpr int64_t kLanes = 8;
-  std::array<T, kLanes> acc{};
-  int64_t k = 0;
-  for (; k + kLanes <= len; k += kLanes) {
-    for (int64_t l = 0; l < kLanes; ++l) acc[l] += v[k + l];
-  }
-  T total = 0;
-  for (; k < len; ++k) total += v[k];
-  for (int64_t l = 0; l < kLanes; ++l) total += acc[l];
-  return total;
+  cpu::LaneSum<T> sum;
+  sum.add(v, len, [](T x) { return x; });
+  return sum.total();
 }
 
 // Backward kernels fill grad_x and, when partial_bias / partial_prelu are given, one opmath
