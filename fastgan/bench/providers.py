@@ -48,6 +48,10 @@ def _compiled(op: OpBench) -> Callable[..., torch.Tensor]:
     # A clean dynamo state per case: a real model compiles once per static shape, and dynamo's
     # per-function cache limit would otherwise fall back to eager, silently, after a few cases.
     torch._dynamo.reset()
+    # The bwd mode times the backward alone, over a graph kept with retain_graph=True, which
+    # AOTAutograd refuses for a graph that donates its saved buffers; donation saves memory, not
+    # time, so the compiled reference goes without it.
+    torch._functorch.config.donated_buffer = False
     return torch.compile(op.reference_fn(), dynamic=False)
 
 
