@@ -16,8 +16,8 @@
 
 #include "cpu_scalar.h"  // FASTGAN_FLATTEN
 
-#if defined(__x86_64__) && ((defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12) || \
-                            (defined(__clang__) && __clang_major__ >= 16))
+// gcc 12 is the first to name the levels in __builtin_cpu_supports (clang builds run baseline).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
 #define FASTGAN_X86_LEVELS 1
 #endif
 

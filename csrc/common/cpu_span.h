@@ -110,13 +110,17 @@ inline T tree_sum(const T (&v)[kN]) {
   if constexpr (kN == 1) {
     return v[0];
   } else {
+    T next[kN / 2];
+#if defined(__GNUC__)
     typedef T Half __attribute__((vector_size(kN / 2 * sizeof(T))));
     Half lo, hi;
     std::memcpy(&lo, v, sizeof lo);
     std::memcpy(&hi, v + kN / 2, sizeof hi);
     const Half sum = lo + hi;
-    T next[kN / 2];
     std::memcpy(next, &sum, sizeof next);
+#else
+    for (int64_t l = 0; l < kN / 2; ++l) next[l] = v[l] + v[l + kN / 2];
+#endif
     return tree_sum(next);
   }
 }
