@@ -14,7 +14,16 @@
 // gives bitwise the same results on every call. Other compilers and architectures: baseline only.
 #pragma once
 
-#include "cpu_scalar.h"  // FASTGAN_FLATTEN
+// FASTGAN_FLATTEN inlines every call a function makes (and theirs, recursively) into it, so that
+// each per-level copy below compiles its task's whole call tree, lambdas included.
+#if defined(__GNUC__) && defined(__has_attribute)
+#if __has_attribute(flatten)
+#define FASTGAN_FLATTEN __attribute__((flatten))
+#endif
+#endif
+#ifndef FASTGAN_FLATTEN
+#define FASTGAN_FLATTEN
+#endif
 
 // gcc 12 is the first to name the levels in __builtin_cpu_supports (clang builds run baseline).
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12

@@ -13,17 +13,6 @@
 #include <cstdint>
 #include <type_traits>
 
-// FASTGAN_FLATTEN inlines every call a function makes (and theirs, recursively) into it:
-// cpu_isa.h's per-level copies of a task compile its whole call tree, lambdas included.
-#if defined(__GNUC__) && defined(__has_attribute)
-#if __has_attribute(flatten)
-#define FASTGAN_FLATTEN __attribute__((flatten))
-#endif
-#endif
-#ifndef FASTGAN_FLATTEN
-#define FASTGAN_FLATTEN
-#endif
-
 namespace fastgan {
 namespace cpu {
 
