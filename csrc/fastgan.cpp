@@ -40,6 +40,21 @@ TORCH_LIBRARY(fastgan, m) {
       "cond_bn_bwd_dx(Tensor grad_out, Tensor x, Tensor mean, Tensor invstd, Tensor? gain, "
       "Tensor? bias, str activation, float negative_slope, Tensor? mean_dxhat, "
       "Tensor? mean_dxhat_xhat) -> Tensor");
+  // Training without synchronized statistics, CPU only: stats, invstd = rsqrt(var + eps), the
+  // running-stat update and fwd in one op; bwd_reduce, the [C] dx terms and bwd_dx in another.
+  // The CPU kernels take a block of channels at a time, so that x (and grad_out) are read from
+  // memory once per pair of passes. running_mean / running_var (both or neither, any float
+  // dtype) are updated in place as F.batch_norm does, the variance unbiased. B * S >= 2.
+  m.def(
+      "cond_bn_train_fwd(Tensor x, Tensor? gain, Tensor? bias, Tensor(a!)? running_mean, "
+      "Tensor(b!)? running_var, float momentum, float eps, str activation, float negative_slope) "
+      "-> (Tensor y, Tensor mean, Tensor invstd)");
+  // Returns (grad_x, sum_dz, sum_dz_xhat): bwd_dx's training grad_x and bwd_reduce's [B, C] sums
+  // (for the gain and bias gradients).
+  m.def(
+      "cond_bn_train_bwd(Tensor grad_out, Tensor x, Tensor mean, Tensor invstd, Tensor? gain, "
+      "Tensor? bias, str activation, float negative_slope) "
+      "-> (Tensor grad_x, Tensor sum_dz, Tensor sum_dz_xhat)");
 
   // Spectral-norm power iteration over a group of L weight matrices (contract:
   // fastgan/ops/spectral_norm/README.md). weights[l]: [H_l, W_l], one dtype and device, any

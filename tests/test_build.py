@@ -11,8 +11,8 @@ import fastgan
 from fastgan import backend
 
 SCHEMAS = ["pixel_shuffle_act_fwd", "pixel_shuffle_act_bwd", "cond_bn_stats", "cond_bn_fwd",
-           "cond_bn_bwd_reduce", "cond_bn_bwd_dx", "sn_power_iteration",
-           "self_attention_core_fwd", "self_attention_core_bwd"]
+           "cond_bn_bwd_reduce", "cond_bn_bwd_dx", "cond_bn_train_fwd", "cond_bn_train_bwd",
+           "sn_power_iteration", "self_attention_core_fwd", "self_attention_core_bwd"]
 
 
 def _require_extension():

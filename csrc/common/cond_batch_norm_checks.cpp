@@ -4,6 +4,7 @@
 #include <c10/util/Exception.h>
 
 #include <string>
+#include <utility>
 
 namespace fastgan {
 namespace {
@@ -43,12 +44,10 @@ void check_cond_bn_input(const at::Tensor& x) {
               ": x needs at least one value per channel (B * S >= 1), got shape ", x.sizes());
 }
 
-Activation check_cond_bn_args(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
-                              const c10::optional<at::Tensor>& gain,
-                              const c10::optional<at::Tensor>& bias, c10::string_view activation) {
+Activation check_cond_bn_affine_args(const at::Tensor& x, const c10::optional<at::Tensor>& gain,
+                                     const c10::optional<at::Tensor>& bias,
+                                     c10::string_view activation) {
   check_cond_bn_input(x);
-  check_vector("mean", mean, x);
-  check_vector("invstd", invstd, x);
   check_affine("gain", gain, x);
   check_affine("bias", bias, x);
   if (activation == "none") return Activation::kNone;
@@ -56,6 +55,36 @@ Activation check_cond_bn_args(const at::Tensor& x, const at::Tensor& mean, const
   if (activation == "leaky_relu") return Activation::kLeakyRelu;
   TORCH_CHECK(false, kOp, ": activation must be one of 'none', 'relu', 'leaky_relu', got '",
               std::string(activation.data(), activation.size()), "'");
+}
+
+Activation check_cond_bn_args(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
+                              const c10::optional<at::Tensor>& gain,
+                              const c10::optional<at::Tensor>& bias, c10::string_view activation) {
+  const Activation act = check_cond_bn_affine_args(x, gain, bias, activation);
+  check_vector("mean", mean, x);
+  check_vector("invstd", invstd, x);
+  return act;
+}
+
+void check_cond_bn_train_args(const at::Tensor& x, const c10::optional<at::Tensor>& running_mean,
+                              const c10::optional<at::Tensor>& running_var, double eps) {
+  TORCH_CHECK(x.size(0) * x.size(2) >= 2, kOp,
+              ": expected more than 1 value per channel when training, got x of shape ", x.sizes());
+  TORCH_CHECK(running_mean.has_value() == running_var.has_value(), kOp,
+              ": running_mean and running_var must both be given or both be None");
+  for (const auto& [name, t] : {std::pair<const char*, const c10::optional<at::Tensor>*>{
+                                    "running_mean", &running_mean},
+                                {"running_var", &running_var}}) {
+    if (!t->has_value()) continue;
+    const at::Tensor& r = **t;
+    TORCH_CHECK(r.dim() == 1 && r.size(0) == x.size(1), kOp, ": ", name, " must have shape [",
+                x.size(1), "], got ", r.sizes());
+    TORCH_CHECK(at::isFloatingType(r.scalar_type()), kOp, ": ", name,
+                " must be floating point, got ", r.scalar_type());
+    TORCH_CHECK(r.device() == x.device(), kOp, ": ", name, " is on ", r.device(),
+                " but x is on ", x.device());
+  }
+  TORCH_CHECK(eps > 0, kOp, ": eps must be > 0, got ", eps);
 }
 
 void check_cond_bn_grad(const at::Tensor& grad_out, const at::Tensor& x) {

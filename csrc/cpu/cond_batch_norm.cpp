@@ -40,6 +40,7 @@
 #include "common/cpu_scalar.h"
 #include "common/cpu_span.h"
 #include "cpu/cond_batch_norm.h"
+#include "cpu/cond_batch_norm_stats.h"
 
 namespace fastgan {
 namespace cond_bn {
@@ -272,6 +273,18 @@ void dispatch_walk(bool pixels, bool direct, const F& f) {
   return pixels ? f(Walk<true, false>{}) : f(Walk<false, false>{});
 }
 
+// Calls f(p, b, c, s0, n, scratch, cap) for the spans of row (b, c): the whole row as one span
+// of static length R when R > 0, else spans of at most cap values.
+template <typename R, typename T, typename F>
+inline void for_row_spans(R, const Uniform<T>& p, int64_t b, int64_t c, int64_t S, T* scratch,
+                          int64_t cap, const F& f) {
+  if constexpr (R::value > 0) {
+    f(p, b, c, int64_t{0}, R{}, scratch, cap);
+  } else {
+    for (int64_t s0 = 0; s0 < S; s0 += cap) f(p, b, c, s0, std::min(cap, S - s0), scratch, cap);
+  }
+}
+
 // Calls f(params, b, i, s0, n, scratch, cap) for every span: rows walk i = c, the span
 // s0 .. s0+n-1 of row (b, c); pixels walk i = s, s0 = 0 and n = C. scratch holds nbuf spans of
 // cap acc values each.
@@ -293,62 +306,96 @@ void for_each_span(W, int64_t B, int64_t C, int64_t S, const Coeffs<scalar_t>& k
       parallel_for_isa(0, B * C, grain_for(S), [&](int64_t begin, int64_t end) {
         std::vector<T> scratch(nbuf * span);
         walk_2d_nested(begin, end, C, [&](int64_t b, int64_t c) {
-          const Uniform<T> p = k.row(b, c);
-          if constexpr (decltype(R)::value > 0) {
-            f(p, b, c, int64_t{0}, R, scratch.data(), span);
-          } else {
-            for (int64_t s0 = 0; s0 < S; s0 += span) {
-              f(p, b, c, s0, std::min(span, S - s0), scratch.data(), span);
-            }
-          }
+          for_row_spans(R, k.row(b, c), b, c, S, scratch.data(), span, f);
         });
       });
     });
   }
 }
 
+// The per-span work of fwd and bwd_dx, f(params, b, i, s0, n, scratch, cap) for for_each_span
+// and for_row_spans; scratch holds kFwdBuffers / kDxBuffers spans.
+template <typename W>
+constexpr int kFwdBuffers = W::kDirect ? 0 : 2;
+template <typename W>
+constexpr int kDxBuffers = W::kDirect ? 0 : 3;
+
+template <Activation A, typename W, typename scalar_t>
+auto fwd_spans(W, const Strided<const scalar_t>& x, const Strided<scalar_t>& y,
+               acc_t<scalar_t> slope) {
+  using T = acc_t<scalar_t>;
+  return [&x, &y, slope](const auto& p, int64_t b, int64_t i, int64_t s0, auto n, T* scratch,
+                         int64_t cap) {
+    const T* xs = W::load(x, b, i, s0, n, scratch);
+    if constexpr (W::kDirect) {
+      fwd_span<A>(xs, W::start(y, b, i, s0), n, p, slope);
+    } else {
+      const auto ys = W::out(y, b, i, s0, n, scratch + cap);
+      fwd_span<A>(xs, ys.data(), n, p, slope);
+      ys.commit();
+    }
+  };
+}
+
+template <Activation A, typename W, typename scalar_t>
+auto dx_spans(W, const Strided<const scalar_t>& dy, const Strided<const scalar_t>& x,
+              const Strided<scalar_t>& dx, acc_t<scalar_t> slope) {
+  using T = acc_t<scalar_t>;
+  return [&dy, &x, &dx, slope](const auto& p, int64_t b, int64_t i, int64_t s0, auto n,
+                               T* scratch, int64_t cap) {
+    const T* xs = W::load(x, b, i, s0, n, scratch);
+    const T* dys = W::load(dy, b, i, s0, n, scratch + cap);
+    if constexpr (W::kDirect) {
+      dx_span<A>(xs, dys, W::start(dx, b, i, s0), n, p, slope);
+    } else {
+      const auto out = W::out(dx, b, i, s0, n, scratch + 2 * cap);
+      dx_span<A>(xs, dys, out.data(), n, p, slope);
+      out.commit();
+    }
+  };
+}
+
 template <Activation A, typename W, typename scalar_t>
 void fwd_kernel(W w, const Strided<const scalar_t>& x, const Strided<scalar_t>& y, int64_t B,
                 int64_t C, int64_t S, const Coeffs<scalar_t>& k) {
-  using T = acc_t<scalar_t>;
-  for_each_span(w, B, C, S, k, W::kDirect ? 0 : 2,
-                [&](const auto& p, int64_t b, int64_t i, int64_t s0, auto n, T* scratch,
-                    int64_t cap) {
-                  const T* xs = W::load(x, b, i, s0, n, scratch);
-                  if constexpr (W::kDirect) {
-                    fwd_span<A>(xs, W::start(y, b, i, s0), n, p, k.slope);
-                  } else {
-                    const auto ys = W::out(y, b, i, s0, n, scratch + cap);
-                    fwd_span<A>(xs, ys.data(), n, p, k.slope);
-                    ys.commit();
-                  }
-                });
+  for_each_span(w, B, C, S, k, kFwdBuffers<W>, fwd_spans<A>(w, x, y, k.slope));
 }
 
 template <Activation A, typename W, typename scalar_t>
 void dx_kernel(W w, const Strided<const scalar_t>& dy, const Strided<const scalar_t>& x,
                const Strided<scalar_t>& dx, int64_t B, int64_t C, int64_t S,
                const Coeffs<scalar_t>& k) {
+  for_each_span(w, B, C, S, k, kDxBuffers<W>, dx_spans<A>(w, dy, x, dx, k.slope));
+}
+
+// Rows walk: (sum of dz, sum of dz * (x - mean)) over row (b, c), span by span (one span of
+// static length R when R > 0). scratch: 2 * cap acc values unless direct.
+template <Activation A, typename W, typename R, typename scalar_t>
+std::pair<acc_t<scalar_t>, acc_t<scalar_t>> reduce_row(
+    W, R, const Strided<const scalar_t>& dy, const Strided<const scalar_t>& x, int64_t b,
+    int64_t c, int64_t S, const Uniform<acc_t<scalar_t>>& p, acc_t<scalar_t> slope,
+    acc_t<scalar_t>* scratch, int64_t cap) {
   using T = acc_t<scalar_t>;
-  for_each_span(w, B, C, S, k, W::kDirect ? 0 : 3,
-                [&](const auto& p, int64_t b, int64_t i, int64_t s0, auto n, T* scratch,
-                    int64_t cap) {
-                  const T* xs = W::load(x, b, i, s0, n, scratch);
-                  const T* dys = W::load(dy, b, i, s0, n, scratch + cap);
-                  if constexpr (W::kDirect) {
-                    dx_span<A>(xs, dys, W::start(dx, b, i, s0), n, p, k.slope);
-                  } else {
-                    const auto out = W::out(dx, b, i, s0, n, scratch + 2 * cap);
-                    dx_span<A>(xs, dys, out.data(), n, p, k.slope);
-                    out.commit();
-                  }
-                });
+  if constexpr (R::value > 0) {
+    return row_sums<A>(W::load(x, b, c, 0, R{}, scratch), W::load(dy, b, c, 0, R{}, scratch + cap),
+                       R{}, p, slope);
+  } else {
+    T s1 = 0, s2 = 0;
+    for (int64_t s0 = 0; s0 < S; s0 += cap) {
+      const int64_t n = std::min(cap, S - s0);
+      const auto [a1, a2] = row_sums<A>(W::load(x, b, c, s0, n, scratch),
+                                        W::load(dy, b, c, s0, n, scratch + cap), n, p, slope);
+      s1 += a1;
+      s2 += a2;
+    }
+    return {s1, s2};
+  }
 }
 
 // Rows walk: one task sums a whole row, span by span. The second sum leaves as
 // sum(dz * (x - mean)) * invstd: invstd is the same for all of a row's terms.
 template <Activation A, typename W, typename scalar_t>
-void reduce_rows(W, const Strided<const scalar_t>& dy, const Strided<const scalar_t>& x,
+void reduce_rows(W w, const Strided<const scalar_t>& dy, const Strided<const scalar_t>& x,
                  int64_t B, int64_t C, int64_t S, const Coeffs<scalar_t>& k,
                  acc_t<scalar_t>* sum_dz, acc_t<scalar_t>* sum_dz_xhat) {
   using T = acc_t<scalar_t>;
@@ -357,22 +404,8 @@ void reduce_rows(W, const Strided<const scalar_t>& dy, const Strided<const scala
     parallel_for_isa(0, B * C, grain_for(S), [&](int64_t begin, int64_t end) {
       std::vector<T> scratch(W::kDirect ? 0 : 2 * span);
       walk_2d_nested(begin, end, C, [&](int64_t b, int64_t c) {
-        const Uniform<T> p = k.row(b, c);
-        T s1 = 0, s2 = 0;
-        if constexpr (decltype(R)::value > 0) {
-          std::tie(s1, s2) =
-              row_sums<A>(W::load(x, b, c, 0, R, scratch.data()),
-                          W::load(dy, b, c, 0, R, scratch.data() + span), R, p, k.slope);
-        } else {
-          for (int64_t s0 = 0; s0 < S; s0 += span) {
-            const int64_t n = std::min(span, S - s0);
-            const auto [a1, a2] =
-                row_sums<A>(W::load(x, b, c, s0, n, scratch.data()),
-                            W::load(dy, b, c, s0, n, scratch.data() + span), n, p, k.slope);
-            s1 += a1;
-            s2 += a2;
-          }
-        }
+        const auto [s1, s2] =
+            reduce_row<A>(w, R, dy, x, b, c, S, k.row(b, c), k.slope, scratch.data(), span);
         sum_dz[b * C + c] = s1;
         sum_dz_xhat[b * C + c] = s2 * k.invstd[c];
       });
@@ -419,6 +452,138 @@ void reduce_pixels(W, const Strided<const scalar_t>& dy, const Strided<const sca
       }
       for (int64_t c = 0; c < C; ++c) o2[c] *= k.invstd[c];
     }
+  });
+}
+
+// ------------------------------------------------------------- the training sweep (rows walk)
+//
+// cond_bn_train_fwd and cond_bn_train_bwd run training's two passes a block of channels at a
+// time: a block's statistics (backward: its row sums and dx terms) are taken, then the block is
+// normalised (its grad_x written) while it is still in L2. x (and dy) then stream from memory
+// once per pair of passes: the forward moves 2 tensors' bytes instead of 3, the backward 3
+// instead of 5. Each channel's arithmetic is that of the separate passes, in the same order.
+
+// Bytes of the tensors read per block: a quarter of a 1 MiB L2, so that the block, its output
+// and the scratch stay in it.
+constexpr int64_t kSweepBytes = 256 * 1024;
+
+// Channels per block: about kSweepBytes, at least one channel, and at most C / (2 * threads),
+// so that every thread has blocks to take. (The results do not depend on it.)
+inline int64_t sweep_block(int64_t C, int64_t bytes_per_channel) {
+  const int64_t fit = kSweepBytes / std::max<int64_t>(1, bytes_per_channel);
+  const int64_t share = divup(C, 2 * static_cast<int64_t>(at::get_num_threads()));
+  return std::max<int64_t>(1, std::min(fit, share));
+}
+
+// Whether the sweep pays, for a pass pair that reads `tensors` tensors of x's size: on the rows
+// walk, with channels enough for the threads (else the separate passes, whose tasks split a
+// channel's values), and where x is at most kSweepSmall bytes (the gain is one parallel region
+// instead of two) or the tensors read are at least kSweepLarge. In between, the separate passes'
+// second read comes from L3 anyway, and the sweep's training step measured 8-17% slower than
+// theirs at BigGAN's 8x8 and 16x16 maps (its tasks read shorter runs, which may be why). The
+// bounds are from the 2-core EPYC VM of benchmarks/results/cpu (1 MiB L2, 32 MiB L3).
+constexpr int64_t kSweepSmall = int64_t{1} << 20, kSweepLarge = int64_t{16} << 20;
+
+inline bool use_sweep(const at::Tensor& x, int64_t tensors) {
+  if (use_pixels_walk(x) || x.size(1) < 2 * static_cast<int64_t>(at::get_num_threads())) {
+    return false;
+  }
+  const int64_t bytes = x.numel() * static_cast<int64_t>(x.element_size());
+  return bytes <= kSweepSmall || tensors * bytes >= kSweepLarge;
+}
+
+// Calls f(c0, c1) for the channel blocks [c0, c1) of tasks [begin, end), blocks of cb channels.
+template <typename F>
+inline void for_each_block(int64_t begin, int64_t end, int64_t cb, int64_t C, const F& f) {
+  for (int64_t c0 = begin * cb; c0 < std::min(C, end * cb); c0 += cb) f(c0, std::min(C, c0 + cb));
+}
+
+// invstd = 1 / sqrt(var + eps), as torch's rsqrt computes it.
+template <typename T>
+inline T inverse_std(T var, double eps) {
+  return T(1) / std::sqrt(var + T(eps));
+}
+
+// bwd_dx's training terms of channel c: the means over B and S of dxhat = dz * gain and of
+// dxhat * xhat, from bwd_reduce's [B, C] sums, summed over b in order.
+template <typename scalar_t>
+inline void dx_terms(const Coeffs<scalar_t>& k, int64_t B, int64_t c, int64_t N,
+                     const acc_t<scalar_t>* sum_dz, const acc_t<scalar_t>* sum_dz_xhat,
+                     acc_t<scalar_t>* mean_dxhat, acc_t<scalar_t>* mean_dxhat_xhat) {
+  using T = acc_t<scalar_t>;
+  T a1 = 0, a2 = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    const T g = k.gain ? load_op(k.gain[b * k.gain_sb + c * k.gain_sc]) : T(1);
+    a1 += sum_dz[b * k.C + c] * g;
+    a2 += sum_dz_xhat[b * k.C + c] * g;
+  }
+  mean_dxhat[c] = a1 / T(N);
+  mean_dxhat_xhat[c] = a2 / T(N);
+}
+
+// Forward: per block, each channel's (mean, var) as cond_bn_stats takes them and its invstd,
+// then the block's rows normalised. k reads mean and invstd where this writes them.
+template <Activation A, typename W, typename scalar_t>
+void train_fwd_sweep(W w, const Strided<const scalar_t>& x, const Strided<scalar_t>& y, int64_t B,
+                     int64_t C, int64_t S, const Coeffs<scalar_t>& k, double eps,
+                     acc_t<scalar_t>* mean, acc_t<scalar_t>* var, acc_t<scalar_t>* invstd) {
+  using T = acc_t<scalar_t>;
+  const int64_t N = B * S, span = std::min(S, kSpan);
+  const PieceMerge<T> merge(N, std::min(N, kSpan));
+  const int64_t cb = sweep_block(C, N * static_cast<int64_t>(sizeof(scalar_t)));
+  const auto spans = fwd_spans<A>(w, x, y, k.slope);
+  with_static_row<W::kDirect>(S, [&](auto R) {
+    parallel_for_isa(0, divup(C, cb), 1, [&](int64_t begin, int64_t end) {
+      std::vector<T> scratch(std::max<int64_t>(merge.L, kFwdBuffers<W> * span));
+      for_each_block(begin, end, cb, C, [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c) {
+          std::tie(mean[c], var[c]) = rows_channel_stats(x, S, c, merge, scratch.data());
+          invstd[c] = inverse_std(var[c], eps);
+        }
+        for (int64_t b = 0; b < B; ++b) {
+          for (int64_t c = c0; c < c1; ++c) {
+            for_row_spans(R, k.row(b, c), b, c, S, scratch.data(), span, spans);
+          }
+        }
+      });
+    });
+  });
+}
+
+// Backward: per block, the rows' sums (as bwd_reduce), the channels' dx terms, then the rows'
+// grad_x (as bwd_dx). kr has no dx terms; kd reads them where this writes them.
+template <Activation A, typename W, typename scalar_t>
+void train_bwd_sweep(W w, const Strided<const scalar_t>& dy, const Strided<const scalar_t>& x,
+                     const Strided<scalar_t>& dx, int64_t B, int64_t C, int64_t S,
+                     const Coeffs<scalar_t>& kr, const Coeffs<scalar_t>& kd,
+                     acc_t<scalar_t>* sum_dz, acc_t<scalar_t>* sum_dz_xhat,
+                     acc_t<scalar_t>* mean_dxhat, acc_t<scalar_t>* mean_dxhat_xhat) {
+  using T = acc_t<scalar_t>;
+  const int64_t N = B * S, span = std::min(S, kSpan);
+  const int64_t cb = sweep_block(C, 2 * N * static_cast<int64_t>(sizeof(scalar_t)));
+  const auto spans = dx_spans<A>(w, dy, x, dx, kd.slope);
+  with_static_row<W::kDirect>(S, [&](auto R) {
+    parallel_for_isa(0, divup(C, cb), 1, [&](int64_t begin, int64_t end) {
+      std::vector<T> scratch(kDxBuffers<W> * span);  // reduce_row takes 2 of its 3 spans
+      for_each_block(begin, end, cb, C, [&](int64_t c0, int64_t c1) {
+        for (int64_t b = 0; b < B; ++b) {
+          for (int64_t c = c0; c < c1; ++c) {
+            const auto [s1, s2] =
+                reduce_row<A>(w, R, dy, x, b, c, S, kr.row(b, c), kr.slope, scratch.data(), span);
+            sum_dz[b * C + c] = s1;
+            sum_dz_xhat[b * C + c] = s2 * kr.invstd[c];
+          }
+        }
+        for (int64_t c = c0; c < c1; ++c) {
+          dx_terms(kr, B, c, N, sum_dz, sum_dz_xhat, mean_dxhat, mean_dxhat_xhat);
+        }
+        for (int64_t b = 0; b < B; ++b) {
+          for (int64_t c = c0; c < c1; ++c) {
+            for_row_spans(R, kd.row(b, c), b, c, S, scratch.data(), span, spans);
+          }
+        }
+      });
+    });
   });
 }
 
@@ -540,12 +705,127 @@ at::Tensor cond_bn_bwd_dx_cpu(const at::Tensor& grad_out, const at::Tensor& x,
   return dx;
 }
 
+// running = (1 - momentum) * running + momentum * stat * factor over [C], in the running
+// tensor's opmath; stat: [C] contiguous acc.
+template <typename T>
+void update_running(const at::Tensor& running, const T* stat, double momentum, double factor) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, running.scalar_type(),
+                                  "cond_bn_running_stats", [&] {
+    using R = at::opmath_type<scalar_t>;
+    scalar_t* r = running.mutable_data_ptr<scalar_t>();
+    const int64_t stride = running.stride(0);
+    for (int64_t c = 0; c < running.size(0); ++c) {
+      const R value = static_cast<R>(stat[c] * static_cast<T>(factor));
+      r[c * stride] = store_op<scalar_t>(static_cast<R>(1 - momentum) * load_op(r[c * stride]) +
+                                         static_cast<R>(momentum) * value);
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cond_bn_train_fwd_cpu(
+    const at::Tensor& x, const c10::optional<at::Tensor>& gain,
+    const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& running_mean,
+    const c10::optional<at::Tensor>& running_var, double momentum, double eps,
+    c10::string_view activation, double negative_slope) {
+  const Activation act = check_cond_bn_affine_args(x, gain, bias, activation);
+  check_cond_bn_train_args(x, running_mean, running_var, eps);
+  const int64_t B = x.size(0), C = x.size(1), S = x.size(2);
+  const auto acc = x.options().dtype(cond_bn_acc_type(x));
+  at::Tensor y, mean, var, invstd = at::empty({C}, acc);
+  if (use_sweep(x, 1)) {
+    y = empty_like_cond_bn_input(x);
+    mean = at::empty({C}, acc);
+    var = at::empty({C}, acc);
+    const CoeffTensors t{mean, invstd, {}, {}};
+    FASTGAN_DISPATCH_COND_BN(x, "cond_bn_train_fwd", [&] {
+      using T = acc_t<scalar_t>;
+      const auto k = coeffs_of<scalar_t>(t, gain, bias, negative_slope);
+      const auto xs = strided(x, x.const_data_ptr<scalar_t>());
+      const auto ys = strided(y, y.mutable_data_ptr<scalar_t>());
+      dispatch_walk<scalar_t>(false, unit_stride_along(false, {&x, &y}), [&](auto w) {
+        dispatch_activation(act, [&](auto A) {
+          train_fwd_sweep<decltype(A)::value>(w, xs, ys, B, C, S, k, eps, mean.mutable_data_ptr<T>(),
+                                              var.mutable_data_ptr<T>(),
+                                              invstd.mutable_data_ptr<T>());
+        });
+      });
+    });
+  } else {
+    std::tie(mean, var) = stats_cpu(x);
+    AT_DISPATCH_FLOATING_TYPES(cond_bn_acc_type(x), "cond_bn_invstd", [&] {
+      const scalar_t* v = var.const_data_ptr<scalar_t>();
+      scalar_t* inv = invstd.mutable_data_ptr<scalar_t>();
+      for (int64_t c = 0; c < C; ++c) inv[c] = inverse_std(v[c], eps);
+    });
+    y = cond_bn_fwd_cpu(x, mean, invstd, gain, bias, activation, negative_slope);
+  }
+  if (running_mean.has_value()) {  // in F.batch_norm's terms: the variance unbiased
+    const int64_t N = B * S;
+    AT_DISPATCH_FLOATING_TYPES(cond_bn_acc_type(x), "cond_bn_running_stats", [&] {
+      update_running(*running_mean, mean.const_data_ptr<scalar_t>(), momentum, 1.0);
+      update_running(*running_var, var.const_data_ptr<scalar_t>(), momentum,
+                     static_cast<double>(N) / static_cast<double>(N - 1));
+    });
+  }
+  return {y, mean, invstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cond_bn_train_bwd_cpu(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& mean,
+    const at::Tensor& invstd, const c10::optional<at::Tensor>& gain,
+    const c10::optional<at::Tensor>& bias, c10::string_view activation, double negative_slope) {
+  const Activation act = check_cond_bn_args(x, mean, invstd, gain, bias, activation);
+  check_cond_bn_grad(grad_out, x);
+  const int64_t B = x.size(0), C = x.size(1), S = x.size(2);
+  const auto acc = invstd.options();
+  at::Tensor mean_dxhat = at::empty({C}, acc), mean_dxhat_xhat = at::empty({C}, acc);
+  if (!use_sweep(x, 2)) {
+    auto [sum_dz, sum_dz_xhat] = cond_bn_bwd_reduce_cpu(grad_out, x, mean, invstd, gain, bias,
+                                                        activation, negative_slope);
+    FASTGAN_DISPATCH_COND_BN(x, "cond_bn_train_bwd", [&] {
+      using T = acc_t<scalar_t>;
+      const CoeffTensors t{mean.contiguous(), invstd.contiguous(), {}, {}};
+      const auto k = coeffs_of<scalar_t>(t, gain, bias, negative_slope);
+      for (int64_t c = 0; c < C; ++c) {
+        dx_terms(k, B, c, B * S, sum_dz.const_data_ptr<T>(), sum_dz_xhat.const_data_ptr<T>(),
+                 mean_dxhat.mutable_data_ptr<T>(), mean_dxhat_xhat.mutable_data_ptr<T>());
+      }
+    });
+    at::Tensor dx = cond_bn_bwd_dx_cpu(grad_out, x, mean, invstd, gain, bias, activation,
+                                       negative_slope, mean_dxhat, mean_dxhat_xhat);
+    return {dx, sum_dz, sum_dz_xhat};
+  }
+  at::Tensor dx = empty_like_cond_bn_input(x);
+  at::Tensor sum_dz = at::empty({B, C}, acc), sum_dz_xhat = at::empty({B, C}, acc);
+  const CoeffTensors tr{mean.contiguous(), invstd.contiguous(), {}, {}};
+  const CoeffTensors td{tr.mean, tr.invstd, mean_dxhat, mean_dxhat_xhat};
+  FASTGAN_DISPATCH_COND_BN(x, "cond_bn_train_bwd", [&] {
+    using T = acc_t<scalar_t>;
+    const auto kr = coeffs_of<scalar_t>(tr, gain, bias, negative_slope);
+    const auto kd = coeffs_of<scalar_t>(td, gain, bias, negative_slope);
+    const auto xs = strided(x, x.const_data_ptr<scalar_t>());
+    const auto dys = strided(grad_out, grad_out.const_data_ptr<scalar_t>());
+    const auto dxs = strided(dx, dx.mutable_data_ptr<scalar_t>());
+    dispatch_walk<scalar_t>(false, unit_stride_along(false, {&x, &grad_out, &dx}), [&](auto w) {
+      dispatch_activation(act, [&](auto A) {
+        train_bwd_sweep<decltype(A)::value>(
+            w, dys, xs, dxs, B, C, S, kr, kd, sum_dz.mutable_data_ptr<T>(),
+            sum_dz_xhat.mutable_data_ptr<T>(), mean_dxhat.mutable_data_ptr<T>(),
+            mean_dxhat_xhat.mutable_data_ptr<T>());
+      });
+    });
+  });
+  return {dx, sum_dz, sum_dz_xhat};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastgan, CPU, m) {
   m.impl("cond_bn_fwd", &cond_bn_fwd_cpu);
   m.impl("cond_bn_bwd_reduce", &cond_bn_bwd_reduce_cpu);
   m.impl("cond_bn_bwd_dx", &cond_bn_bwd_dx_cpu);
+  m.impl("cond_bn_train_fwd", &cond_bn_train_fwd_cpu);
+  m.impl("cond_bn_train_bwd", &cond_bn_train_bwd_cpu);
 }
 
 }  // namespace cond_bn

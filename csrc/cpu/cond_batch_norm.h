@@ -7,6 +7,7 @@
 #include <ATen/OpMathType.h>
 
 #include <cstdint>
+#include <tuple>
 #include <type_traits>
 
 namespace fastgan {
@@ -53,6 +54,10 @@ inline bool use_pixels_walk(const at::Tensor& x) {
   if (S > 1 && x.stride(2) == 1) return false;
   return C > 1 && (x.stride(1) == 1 || S == 1);
 }
+
+// The CPU kernel of fastgan::cond_bn_stats (cond_batch_norm_stats.cpp): per-channel mean and
+// biased variance of x [B, C, S].
+std::tuple<at::Tensor, at::Tensor> stats_cpu(const at::Tensor& x);
 
 }  // namespace cond_bn
 }  // namespace fastgan

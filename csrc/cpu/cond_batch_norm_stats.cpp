@@ -17,6 +17,7 @@
 #include "common/cpu_scalar.h"
 #include "common/cpu_span.h"
 #include "cpu/cond_batch_norm.h"
+#include "cpu/cond_batch_norm_stats.h"
 
 namespace fastgan {
 namespace cond_bn {
@@ -24,125 +25,56 @@ namespace {
 
 using namespace cpu;  // NOLINT: the span and scalar helpers are this file's vocabulary
 
-// The statistics are taken of x - shift[c], shift[c] = x[0, c, 0] (0 where that is inf or NaN,
-// which would make every deviation NaN): where the mean is large the deviations are small, and
-// sums of them round far less than sums of the values (a channel with mean 1000 and std 0.01
-// keeps 6 digits of its variance rather than 3).
 template <typename scalar_t>
 std::vector<acc_t<scalar_t>> channel_shifts(const Strided<const scalar_t>& x, int64_t C) {
   std::vector<acc_t<scalar_t>> shift(C);
-  for (int64_t c = 0; c < C; ++c) {
-    const acc_t<scalar_t> v = load_op(x.data[c * x.sc]);
-    shift[c] = std::isfinite(v) ? v : 0;
-  }
+  for (int64_t c = 0; c < C; ++c) shift[c] = channel_shift(x, c);
   return shift;
 }
 
-// The mean mu of the n deviations v - shift and their centred sum of squares, in two passes over
-// the values that sum(f) feeds to f. The second pass centres on m = shift + mu as rounded; the
-// rounding's offset from the true mean is known, and is taken back out of the sum of squares.
-template <typename T, typename Sum>
-inline std::pair<T, T> centred_moments(int64_t n, T shift, const Sum& sum) {
-  const T mu = sum([shift](T v) { return v - shift; }) / T(n);
-  const T m = shift + mu, off = mu - (m - shift);
-  return {mu, sum([m](T v) { return (v - m) * (v - m); }) - T(n) * off * off};
-}
-
 // Per-piece (mean, centred sum of squares) of x - shift -> per-channel (mean, biased variance),
-// merged with Chan's formula in piece order. Piece k of a channel holds min(L, N - k * L) of its
-// N values; its partials sit at index k * piece_stride + c * chan_stride.
+// merged in piece order (PieceMerge). Piece k of a channel's partials sit at index
+// k * piece_stride + c * chan_stride.
 template <typename T>
 void merge_pieces(const std::vector<T>& pmean, const std::vector<T>& pm2, int64_t piece_stride,
-                  int64_t chan_stride, int64_t K, int64_t L, int64_t N, const std::vector<T>& shift,
+                  int64_t chan_stride, const PieceMerge<T>& merge, const std::vector<T>& shift,
                   T* mean, T* var) {
   const int64_t C = static_cast<int64_t>(shift.size());
-  // The weights depend on the counts alone, which are the same for every channel.
-  std::vector<T> w_mean(K), w_m2(K);
-  int64_t na = L;
-  for (int64_t k = 1; k < K; ++k) {
-    const int64_t nb = std::min(L, N - k * L), n = na + nb;
-    w_mean[k] = T(nb) / T(n);
-    w_m2[k] = T(na) * (T(nb) / T(n));
-    na = n;
-  }
-  parallel_for_isa(0, C, grain_for(K), [&](int64_t begin, int64_t end) {
+  parallel_for_isa(0, C, grain_for(merge.K), [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       mean[c] = pmean[c * chan_stride];
       var[c] = pm2[c * chan_stride];
     }
-    for (int64_t k = 1; k < K; ++k) {
+    for (int64_t k = 1; k < merge.K; ++k) {
       const T* pm = pmean.data() + k * piece_stride;
       const T* p2 = pm2.data() + k * piece_stride;
       for (int64_t c = begin; c < end; ++c) {
-        const T delta = pm[c * chan_stride] - mean[c];
-        mean[c] += delta * w_mean[k];
-        var[c] += p2[c * chan_stride] + delta * delta * w_m2[k];
+        merge.fold(k, pm[c * chan_stride], p2[c * chan_stride], mean[c], var[c]);
       }
     }
-    for (int64_t c = begin; c < end; ++c) {
-      mean[c] += shift[c];
-      var[c] /= T(N);
-    }
+    for (int64_t c = begin; c < end; ++c) merge.finish(shift[c], mean[c], var[c]);
   });
 }
 
-// Rows walk: piece k of channel c is the values at flat positions [k * L, (k + 1) * L) of its
-// B * S, f = b * S + s; the pieces of a short S span several rows. A piece is summed where it
-// lies when its rows are unit-stride acc values, else from a copy.
+// Rows walk: the pieces of every channel (rows_piece_moments), one task unit each, then merged.
 template <typename scalar_t>
 void stats_rows(const Strided<const scalar_t>& x, int64_t B, int64_t C, int64_t S,
                 acc_t<scalar_t>* mean, acc_t<scalar_t>* var) {
   using T = acc_t<scalar_t>;
-  const int64_t N = B * S, L = std::min(N, kSpan), K = divup(N, L);
-  const bool in_place = std::is_same_v<T, scalar_t> && (x.ss == 1 || S == 1);
+  const int64_t N = B * S;
+  const PieceMerge<T> merge(N, std::min(N, kSpan));
+  const int64_t L = merge.L, K = merge.K;
+  const bool in_place = rows_in_place(x, S);
   const std::vector<T> shift = channel_shifts(x, C);
   std::vector<T> pmean(C * K), pm2(C * K);
   parallel_for_isa(0, C * K, grain_for(L), [&](int64_t begin, int64_t end) {
     std::vector<T> buf(in_place ? 0 : L);
     walk_2d(begin, end, K, [&](int64_t c, int64_t k) {
-      const int64_t f0 = k * L, n = std::min(L, N - f0);
-      // Calls g(row segment, its length) for the rows the piece spans, in order.
-      const auto for_each_segment = [&](const auto& g) {
-        int64_t b = f0 / S, s = f0 % S;
-        for (int64_t done = 0; done < n; s = 0, ++b) {
-          const int64_t m = std::min(n - done, S - s);
-          g(x.row(b, c) + s * x.ss, m, done);
-          done += m;
-        }
-      };
-      // Calls h(values, count) over the piece: its segments, or its copy. With S == 16 the
-      // pieces hold whole rows (L is a multiple of 16), each a segment of static length.
-      const auto for_each_values = [&](const auto& h) {
-        if constexpr (std::is_same_v<T, scalar_t>) {
-          if (in_place) {
-            return with_static_row<true>(S, [&](auto R) {
-              for_each_segment([&](const T* v, int64_t m, int64_t) {
-                if constexpr (decltype(R)::value > 0) {
-                  h(v, R);
-                } else {
-                  h(v, m);
-                }
-              });
-            });
-          }
-        }
-        h(static_cast<const T*>(buf.data()), n);
-      };
-      if (!in_place) {
-        for_each_segment([&](const scalar_t* v, int64_t m, int64_t done) {
-          copy_span(v, x.ss, m, buf.data() + done);
-        });
-      }
-      const auto [mu, m2] = centred_moments<T>(n, shift[c], [&](const auto& f) {
-        LaneSum<T> sum;
-        for_each_values([&](const T* v, auto m) { sum.add(v, m, f); });
-        return sum.total();
-      });
-      pmean[c * K + k] = mu;
-      pm2[c * K + k] = m2;
+      std::tie(pmean[c * K + k], pm2[c * K + k]) =
+          rows_piece_moments(x, S, c, k, L, N, in_place, shift[c], buf.data());
     });
   });
-  merge_pieces(pmean, pm2, 1, K, K, L, N, shift, mean, var);
+  merge_pieces(pmean, pm2, 1, K, merge, shift, mean, var);
 }
 
 // Pixels walk: piece k is the pixels at flat positions [k * P, (k + 1) * P) of all B * S,
@@ -189,10 +121,12 @@ void stats_pixels(const Strided<const scalar_t>& x, int64_t B, int64_t C, int64_
       }
     }
   });
-  merge_pieces(pmean, pm2, C, 1, K, P, N, shift, mean, var);
+  merge_pieces(pmean, pm2, C, 1, PieceMerge<T>(N, P), shift, mean, var);
 }
 
-std::tuple<at::Tensor, at::Tensor> cond_bn_stats_cpu(const at::Tensor& x) {
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> stats_cpu(const at::Tensor& x) {
   check_cond_bn_input(x);
   const int64_t B = x.size(0), C = x.size(1), S = x.size(2);
   const auto acc = x.options().dtype(cond_bn_acc_type(x));
@@ -212,9 +146,7 @@ std::tuple<at::Tensor, at::Tensor> cond_bn_stats_cpu(const at::Tensor& x) {
   return {mean, var};
 }
 
-}  // namespace
-
-TORCH_LIBRARY_IMPL(fastgan, CPU, m) { m.impl("cond_bn_stats", &cond_bn_stats_cpu); }
+TORCH_LIBRARY_IMPL(fastgan, CPU, m) { m.impl("cond_bn_stats", &stats_cpu); }
 
 }  // namespace cond_bn
 }  // namespace fastgan

@@ -101,13 +101,17 @@ class _CondBatchNorm(torch.autograd.Function):
         grad_x = grad_gain = grad_bias = None
         if x.numel() == 0:
             sum_dz = sum_dz_xhat = x.new_zeros(x.shape[:2], dtype=acc_dtype(x.dtype))
+        elif training and need_x and group is None and name == "cpu" \
+                and passes is not REFERENCE_PASSES:
+            # The reduce, the [C] terms and grad_x in one op (csrc/cpu).
+            grad_x, sum_dz, sum_dz_xhat = native.TRAIN_BWD(grad_out, x, *args)
         elif training or need_gain or need_bias:
             sum_dz, sum_dz_xhat = passes.bwd_reduce(grad_out, x, *args)
         if need_gain:
             grad_gain = _affine_grad(sum_dz_xhat, gain)
         if need_bias:
             grad_bias = _affine_grad(sum_dz, bias)
-        if training:
+        if training and grad_x is None:
             # The [C] sums of dxhat = dz * gain and of dxhat * xhat, in as few ops as they take:
             # at small maps (BigGAN's 4x4 stage) each op costs as much as a pass of a kernel.
             sums = torch.stack((sum_dz, sum_dz_xhat))  # [2, B, C]
@@ -118,11 +122,26 @@ class _CondBatchNorm(torch.autograd.Function):
                 sums = sync.all_reduce_sum(sums, group)
             if need_x and x.numel():
                 grad_x = passes.bwd_dx(grad_out, x, *args, *sums.div_(count).unbind(0))
-        elif need_x and x.numel():
+        elif not training and need_x and x.numel():
             grad_x = passes.bwd_dx(grad_out, x, *args, None, None)
-        if need_x and grad_x is None:
+        if ctx.needs_input_grad[0] and grad_x is None:
             grad_x = torch.zeros_like(x)
-        return grad_x, grad_gain, grad_bias, *(None,) * 9
+        return grad_x, grad_gain, grad_bias, *(None,) * (len(ctx.needs_input_grad) - 3)
+
+
+class _CondBatchNormTrainCPU(_CondBatchNorm):
+    """Training on the cpu backend without a process group: the statistics, the running-stat
+    update and the normalise pass in one op (csrc/cpu), and the backward's passes in another."""
+
+    @staticmethod
+    def forward(ctx, x, gain, bias, running_mean, running_var, momentum, eps, activation,
+                negative_slope):
+        b = x.shape[0]
+        y, mean, invstd = native.TRAIN_FWD(x, _as_bc(gain, b), _as_bc(bias, b), running_mean,
+                                           running_var, momentum, eps, activation, negative_slope)
+        ctx.save_for_backward(x, gain, bias, mean, invstd)
+        ctx.args = (True, b * x.shape[2], eps, activation, negative_slope, None, "cpu")
+        return y
 
 
 def _affine_grad(sums: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
@@ -233,6 +252,11 @@ def _fused(name, x, gain, bias, running_mean, running_var, training, momentum, e
     b, c, s = x3.shape
     acc = acc_dtype(x.dtype)
     count = b * s
+    if name == "cpu" and training and group is None and count:
+        _check_values_per_channel(x, count, training)
+        y3 = _CondBatchNormTrainCPU.apply(x3, gain, bias, running_mean, running_var, momentum,
+                                          eps, activation, negative_slope)
+        return y3.view(x.shape)
     if training:
         with torch.no_grad():
             if count:
