@@ -1,5 +1,6 @@
-// CPU kernels of fastgan::cond_bn_{fwd,bwd_reduce,bwd_dx}; cond_bn_stats is in
-// cond_batch_norm_stats.cpp. The math they implement: fastgan/ops/batch_norm/README.md.
+// CPU kernels of fastgan::cond_bn_{fwd,bwd_reduce,bwd_dx} and of the training ops
+// cond_bn_train_{fwd,bwd} (the sweep, below); cond_bn_stats is in cond_batch_norm_stats.cpp.
+// The math they implement: fastgan/ops/batch_norm/README.md.
 //
 // x and grad_out arrive as [B, C, S] views with any strides. Two walks cover every layout:
 //   rows:   a task unit is a (b, c) row, taken over S in spans of at most kSpan. Used when S is
