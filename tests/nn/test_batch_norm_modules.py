@@ -108,3 +108,25 @@ def test_conditional_bn_embedding_and_spectral_norm():
         ConditionalBatchNorm2d(4)
     with pytest.raises(ValueError, match="x must be 4-D"):
         m(torch.randn(3, 4), torch.tensor([0, 1, 2]))
+
+
+def test_compiled_training_updates_running_stats_like_eager():
+    """torch.compile (inductor, fullgraph) of a training BatchNormAct2d on the cpu backend, whose
+    forward op updates the running statistics in place: three steps match eager in the output,
+    the gradients and the running statistics."""
+    skip_unless_runnable("cpu", "cpu", torch.float32)
+    torch.manual_seed(0)
+    eager = BatchNormAct2d(8, activation="relu", backend="cpu")
+    compiled_module = BatchNormAct2d(8, activation="relu", backend="cpu")
+    compiled_module.load_state_dict(eager.state_dict())
+    compiled = torch.compile(compiled_module, fullgraph=True)
+    x = torch.randn(4, 8, 5, 5, requires_grad=True)
+    for _ in range(3):
+        y_e, y_c = eager(x), compiled(x)
+        torch.testing.assert_close(y_c, y_e)
+        g_e = torch.autograd.grad(y_e.sum(), (x, eager.weight, eager.bias))
+        g_c = torch.autograd.grad(y_c.sum(), (x, compiled_module.weight, compiled_module.bias))
+        for a, b in zip(g_c, g_e):
+            torch.testing.assert_close(a, b)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(compiled_module, name), getattr(eager, name))
