@@ -745,7 +745,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cond_bn_train_fwd_cpu(
       const auto ys = strided(y, y.mutable_data_ptr<scalar_t>());
       dispatch_walk<scalar_t>(false, unit_stride_along(false, {&x, &y}), [&](auto w) {
         dispatch_activation(act, [&](auto A) {
-          train_fwd_sweep<decltype(A)::value>(w, xs, ys, B, C, S, k, eps, mean.mutable_data_ptr<T>(),
+          train_fwd_sweep<decltype(A)::value>(w, xs, ys, B, C, S, k, eps,
+                                              mean.mutable_data_ptr<T>(),
                                               var.mutable_data_ptr<T>(),
                                               invstd.mutable_data_ptr<T>());
         });

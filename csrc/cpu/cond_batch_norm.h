@@ -1,6 +1,6 @@
 // Internals shared by the CPU kernels of fastgan::cond_bn_* (cond_batch_norm.cpp: fwd, bwd_reduce,
-// bwd_dx, train_fwd, train_bwd; cond_batch_norm_stats.cpp: stats). The design notes are at the top of
-// cond_batch_norm.cpp.
+// bwd_dx, train_fwd, train_bwd; cond_batch_norm_stats.cpp: stats). The design notes are at the
+// top of cond_batch_norm.cpp.
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -126,8 +126,8 @@ inline bool rows_in_place(const Strided<const scalar_t>& x, int64_t S) {
 // task: what cond_bn_stats gives it. buf: merge.L values, used when the pieces are copied.
 template <typename scalar_t>
 std::pair<acc_t<scalar_t>, acc_t<scalar_t>> rows_channel_stats(
-    const Strided<const scalar_t>& x, int64_t S, int64_t c, const PieceMerge<acc_t<scalar_t>>& merge,
-    acc_t<scalar_t>* buf) {
+    const Strided<const scalar_t>& x, int64_t S, int64_t c,
+    const PieceMerge<acc_t<scalar_t>>& merge, acc_t<scalar_t>* buf) {
   const bool in_place = rows_in_place(x, S);
   const acc_t<scalar_t> shift = channel_shift(x, c);
   auto [mean, m2] = rows_piece_moments(x, S, c, 0, merge.L, merge.N, in_place, shift, buf);
