@@ -781,17 +781,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cond_bn_train_bwd_cpu(
   const int64_t B = x.size(0), C = x.size(1), S = x.size(2);
   const auto acc = invstd.options();
   at::Tensor mean_dxhat = at::empty({C}, acc), mean_dxhat_xhat = at::empty({C}, acc);
+  const CoeffTensors tr{mean.contiguous(), invstd.contiguous(), {}, {}};
   if (!use_sweep(x, 2)) {
     auto [sum_dz, sum_dz_xhat] = cond_bn_bwd_reduce_cpu(grad_out, x, mean, invstd, gain, bias,
                                                         activation, negative_slope);
     FASTGAN_DISPATCH_COND_BN(x, "cond_bn_train_bwd", [&] {
       using T = acc_t<scalar_t>;
-      const CoeffTensors t{mean.contiguous(), invstd.contiguous(), {}, {}};
-      const auto k = coeffs_of<scalar_t>(t, gain, bias, negative_slope);
-      for (int64_t c = 0; c < C; ++c) {
-        dx_terms(k, B, c, B * S, sum_dz.const_data_ptr<T>(), sum_dz_xhat.const_data_ptr<T>(),
-                 mean_dxhat.mutable_data_ptr<T>(), mean_dxhat_xhat.mutable_data_ptr<T>());
-      }
+      const auto k = coeffs_of<scalar_t>(tr, gain, bias, negative_slope);
+      const T *s1 = sum_dz.const_data_ptr<T>(), *s2 = sum_dz_xhat.const_data_ptr<T>();
+      T *md = mean_dxhat.mutable_data_ptr<T>(), *mdx = mean_dxhat_xhat.mutable_data_ptr<T>();
+      for (int64_t c = 0; c < C; ++c) dx_terms(k, B, c, B * S, s1, s2, md, mdx);
     });
     at::Tensor dx = cond_bn_bwd_dx_cpu(grad_out, x, mean, invstd, gain, bias, activation,
                                        negative_slope, mean_dxhat, mean_dxhat_xhat);
@@ -799,7 +798,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cond_bn_train_bwd_cpu(
   }
   at::Tensor dx = empty_like_cond_bn_input(x);
   at::Tensor sum_dz = at::empty({B, C}, acc), sum_dz_xhat = at::empty({B, C}, acc);
-  const CoeffTensors tr{mean.contiguous(), invstd.contiguous(), {}, {}};
   const CoeffTensors td{tr.mean, tr.invstd, mean_dxhat, mean_dxhat_xhat};
   FASTGAN_DISPATCH_COND_BN(x, "cond_bn_train_bwd", [&] {
     using T = acc_t<scalar_t>;
