@@ -537,10 +537,8 @@ void train_fwd_sweep(W w, const Strided<const scalar_t>& x, const Strided<scalar
     parallel_for_isa(0, divup(C, cb), 1, [&](int64_t begin, int64_t end) {
       std::vector<T> scratch(std::max<int64_t>(merge.L, kFwdBuffers<W> * span));
       for_each_block(begin, end, cb, C, [&](int64_t c0, int64_t c1) {
-        for (int64_t c = c0; c < c1; ++c) {
-          std::tie(mean[c], var[c]) = rows_channel_stats(x, S, c, merge, scratch.data());
-          invstd[c] = inverse_std(var[c], eps);
-        }
+        rows_channels_stats(x, B, S, c0, c1, merge, scratch.data(), mean, var);
+        for (int64_t c = c0; c < c1; ++c) invstd[c] = inverse_std(var[c], eps);
         for (int64_t b = 0; b < B; ++b) {
           for (int64_t c = c0; c < c1; ++c) {
             for_row_spans(R, k.row(b, c), b, c, S, scratch.data(), span, spans);

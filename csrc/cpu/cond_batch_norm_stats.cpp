@@ -65,6 +65,12 @@ void stats_rows(const Strided<const scalar_t>& x, int64_t B, int64_t C, int64_t 
   const PieceMerge<T> merge(N, std::min(N, kSpan));
   const int64_t L = merge.L, K = merge.K;
   const bool in_place = rows_in_place(x, S);
+  if (K == 1 && in_place) {  // whole channels in one task each, four at a time
+    parallel_for_isa(0, C, grain_for(L), [&](int64_t begin, int64_t end) {
+      rows_channels_stats(x, B, S, begin, end, merge, static_cast<T*>(nullptr), mean, var);
+    });
+    return;
+  }
   const std::vector<T> shift = channel_shifts(x, C);
   std::vector<T> pmean(C * K), pm2(C * K);
   parallel_for_isa(0, C * K, grain_for(L), [&](int64_t begin, int64_t end) {

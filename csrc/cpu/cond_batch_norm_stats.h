@@ -28,14 +28,24 @@ inline acc_t<scalar_t> channel_shift(const Strided<const scalar_t>& x, int64_t c
   return std::isfinite(v) ? v : 0;
 }
 
-// The mean mu of the n deviations v - shift and their centred sum of squares, in two passes over
-// the values that sum(f) feeds to f. The second pass centres on m = shift + mu as rounded; the
-// rounding's offset from the true mean is known, and is taken back out of the sum of squares.
+// The two passes of centred_moments over n values: the first sums the deviations v - shift and
+// gives their mean mu; the second sums (v - m)^2 around m = shift + mu as rounded. The rounding's
+// offset from the true mean is known, and m2() takes it back out of the sum of squares.
+template <typename T>
+struct Centre {
+  T mu, m, off;
+  Centre(int64_t n, T shift, T sum_dev)
+      : mu(sum_dev / T(n)), m(shift + mu), off(mu - (m - shift)) {}
+  T m2(int64_t n, T sum_sq) const { return sum_sq - T(n) * off * off; }
+};
+
+// The mean of the n deviations v - shift and their centred sum of squares, in two passes over
+// the values that sum(f) feeds to f.
 template <typename T, typename Sum>
 inline std::pair<T, T> centred_moments(int64_t n, T shift, const Sum& sum) {
-  const T mu = sum([shift](T v) { return v - shift; }) / T(n);
-  const T m = shift + mu, off = mu - (m - shift);
-  return {mu, sum([m](T v) { return (v - m) * (v - m); }) - T(n) * off * off};
+  const Centre<T> c(n, shift, sum([shift](T v) { return v - shift; }));
+  const T m = c.m;
+  return {c.mu, c.m2(n, sum([m](T v) { return (v - m) * (v - m); }))};
 }
 
 // Chan's merge of a channel's K pieces in piece order, piece k holding min(L, N - k * L) of its
@@ -137,6 +147,61 @@ std::pair<acc_t<scalar_t>, acc_t<scalar_t>> rows_channel_stats(
   }
   merge.finish(shift, mean, m2);
   return {mean, m2};
+}
+
+// Rows walk: rows_channel_stats of the G channels c0 .. c0 + G - 1, bitwise, where each channel
+// is one piece (merge.K == 1) summed in place, its B rows of `len` values (S, or S as a static
+// length) at x.row(b, c). The G channels' sums run in lockstep: on short rows one channel's sum
+// is a chain of dependent vector adds that waits on their latency, and G chains overlap.
+template <int G, typename T, typename Len>
+void rows_group_stats(const Strided<const T>& x, int64_t B, int64_t c0, Len len,
+                      const PieceMerge<T>& merge, T* mean, T* var) {
+  const int64_t n = merge.N;
+  // out[g] = the LaneSum, over channel c0 + g's rows in order, of f_of(g)(value).
+  const auto sums = [&](const auto& f_of, T (&out)[G]) {
+    cpu::LaneSum<T> sum[G];
+    for (int64_t b = 0; b < B; ++b) {
+      for (int g = 0; g < G; ++g) sum[g].add(x.row(b, c0 + g), len, f_of(g));
+    }
+    for (int g = 0; g < G; ++g) out[g] = sum[g].total();
+  };
+  T shift[G], dev[G], sq[G], m[G];
+  for (int g = 0; g < G; ++g) shift[g] = channel_shift(x, c0 + g);
+  sums([&shift](int g) { const T s = shift[g]; return [s](T v) { return v - s; }; }, dev);
+  for (int g = 0; g < G; ++g) m[g] = Centre<T>(n, shift[g], dev[g]).m;
+  sums([&m](int g) { const T c = m[g]; return [c](T v) { return (v - c) * (v - c); }; }, sq);
+  for (int g = 0; g < G; ++g) {
+    const Centre<T> c(n, shift[g], dev[g]);
+    T mu = c.mu, m2 = c.m2(n, sq[g]);
+    merge.finish(shift[g], mu, m2);
+    mean[g] = mu;
+    var[g] = m2;
+  }
+}
+
+// Rows walk: channels [c0, c1)'s (mean, biased variance), each what rows_channel_stats gives it;
+// where the channels are single pieces summed in place, four at a time (rows_group_stats), which
+// measured 1.4-1.7x faster at S = 16-256, B = 8. buf: as for rows_channel_stats.
+template <typename scalar_t>
+void rows_channels_stats(const Strided<const scalar_t>& x, int64_t B, int64_t S, int64_t c0,
+                         int64_t c1, const PieceMerge<acc_t<scalar_t>>& merge,
+                         acc_t<scalar_t>* buf, acc_t<scalar_t>* mean, acc_t<scalar_t>* var) {
+  constexpr int kGroup = 4;
+  int64_t c = c0;
+  if constexpr (std::is_same_v<acc_t<scalar_t>, scalar_t>) {
+    if (merge.K == 1 && rows_in_place(x, S)) {
+      with_static_row<true>(S, [&](auto R) {
+        for (; c + kGroup <= c1; c += kGroup) {
+          if constexpr (decltype(R)::value > 0) {
+            rows_group_stats<kGroup>(x, B, c, R, merge, mean + c, var + c);
+          } else {
+            rows_group_stats<kGroup>(x, B, c, S, merge, mean + c, var + c);
+          }
+        }
+      });
+    }
+  }
+  for (; c < c1; ++c) std::tie(mean[c], var[c]) = rows_channel_stats(x, S, c, merge, buf);
 }
 
 }  // namespace cond_bn

@@ -170,6 +170,29 @@ def test_results_do_not_depend_on_the_thread_count(case):
         assert all(torch.equal(a, b) for a, b in zip(out[0], other))
 
 
+@pytest.mark.parametrize("shape", [(8, 10, 16), (3, 7, 35), (2, 6, 1), (1, 5, 2048), (2, 5, 2048)],
+                         ids=["S16", "S35", "S1", "one-span", "two-pieces"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_channel_statistics_do_not_depend_on_their_neighbours(shape, dtype):
+    """The rows walk takes single-piece channels four at a time (rows_group_stats in
+    csrc/cpu/cond_batch_norm_stats.h). A channel's mean and variance are the same bits whether it
+    is taken in a group, in the group's remainder, or alone, by cond_bn_stats and by the sweep,
+    whatever the thread count."""
+    torch.manual_seed(0)
+    x = (3 + 2 * torch.randn(shape, dtype=torch.float64)).to(dtype)
+    alone = [ops.cond_bn_stats(x[:, c:c + 1]) for c in range(x.shape[1])]
+    mean_alone = torch.cat([m for m, _ in alone])
+    var_alone = torch.cat([v for _, v in alone])
+    for n in (1, 2, 3):
+        with threads(n):
+            mean, var = ops.cond_bn_stats(x)
+            mean_t, invstd_t = ops.cond_bn_train_fwd(x, None, None, None, None, 0.1, 1e-5, "none",
+                                                     0.2)[1:]
+        assert torch.equal(mean, mean_alone) and torch.equal(var, var_alone)
+        assert torch.equal(mean_t, mean_alone)
+        assert torch.equal(invstd_t, (var_alone + 1e-5).rsqrt())
+
+
 def test_public_op_trains_through_them(monkeypatch):
     """cond_batch_norm on the cpu backend in training calls the two ops, and no pass op."""
     calls = []
