@@ -34,6 +34,16 @@ inline void with_static_row(int64_t S, const F& f) {
   return f(std::integral_constant<int64_t, 0>{});
 }
 
+// A row length for with_static_row's R: R itself where it is static, else the run-time n.
+template <typename R>
+inline auto static_or(R, int64_t n) {
+  if constexpr (R::value > 0) {
+    return R{};
+  } else {
+    return n;
+  }
+}
+
 // A [B, C, S] tensor's data and element strides.
 template <typename T>
 struct Strided {

@@ -33,7 +33,8 @@ inline acc_t<scalar_t> channel_shift(const Strided<const scalar_t>& x, int64_t c
 // offset from the true mean is known, and m2() takes it back out of the sum of squares.
 template <typename T>
 struct Centre {
-  T mu, m, off;
+  T mu = 0, m = 0, off = 0;
+  Centre() = default;
   Centre(int64_t n, T shift, T sum_dev)
       : mu(sum_dev / T(n)), m(shift + mu), off(mu - (m - shift)) {}
   T m2(int64_t n, T sum_sq) const { return sum_sq - T(n) * off * off; }
@@ -102,13 +103,7 @@ std::pair<acc_t<scalar_t>, acc_t<scalar_t>> rows_piece_moments(
     if constexpr (std::is_same_v<T, scalar_t>) {
       if (in_place) {
         return with_static_row<true>(S, [&](auto R) {
-          for_each_segment([&](const T* v, int64_t m, int64_t) {
-            if constexpr (decltype(R)::value > 0) {
-              h(v, R);
-            } else {
-              h(v, m);
-            }
-          });
+          for_each_segment([&](const T* v, int64_t m, int64_t) { h(v, static_or(R, m)); });
         });
       }
     }
@@ -165,14 +160,15 @@ void rows_group_stats(const Strided<const T>& x, int64_t B, int64_t c0, Len len,
     }
     for (int g = 0; g < G; ++g) out[g] = sum[g].total();
   };
-  T shift[G], dev[G], sq[G], m[G];
+  T shift[G], dev[G], sq[G];
+  Centre<T> centre[G];
   for (int g = 0; g < G; ++g) shift[g] = channel_shift(x, c0 + g);
   sums([&shift](int g) { const T s = shift[g]; return [s](T v) { return v - s; }; }, dev);
-  for (int g = 0; g < G; ++g) m[g] = Centre<T>(n, shift[g], dev[g]).m;
-  sums([&m](int g) { const T c = m[g]; return [c](T v) { return (v - c) * (v - c); }; }, sq);
+  for (int g = 0; g < G; ++g) centre[g] = Centre<T>(n, shift[g], dev[g]);
+  sums([&centre](int g) { const T c = centre[g].m; return [c](T v) { return (v - c) * (v - c); }; },
+       sq);
   for (int g = 0; g < G; ++g) {
-    const Centre<T> c(n, shift[g], dev[g]);
-    T mu = c.mu, m2 = c.m2(n, sq[g]);
+    T mu = centre[g].mu, m2 = centre[g].m2(n, sq[g]);
     merge.finish(shift[g], mu, m2);
     mean[g] = mu;
     var[g] = m2;
@@ -192,11 +188,7 @@ void rows_channels_stats(const Strided<const scalar_t>& x, int64_t B, int64_t S,
     if (merge.K == 1 && rows_in_place(x, S)) {
       with_static_row<true>(S, [&](auto R) {
         for (; c + kGroup <= c1; c += kGroup) {
-          if constexpr (decltype(R)::value > 0) {
-            rows_group_stats<kGroup>(x, B, c, R, merge, mean + c, var + c);
-          } else {
-            rows_group_stats<kGroup>(x, B, c, S, merge, mean + c, var + c);
-          }
+          rows_group_stats<kGroup>(x, B, c, static_or(R, S), merge, mean + c, var + c);
         }
       });
     }
